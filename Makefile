@@ -1,0 +1,61 @@
+# The verbs a newcomer looks for. `make run` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+GEN    := gen/.stamp
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: help install protos run test lint fmt migrate clean
+
+help:
+	@echo "make run      serve both services on the embedded SQLite default"
+	@echo "make test     run the whole suite (PostgreSQL tests when TEST_DATABASE_URL is set)"
+	@echo "make lint     ruff + mypy"
+	@echo "make protos   regenerate Python code from protos/"
+	@echo "make migrate  migrate both services' databases (DATABASE_URL or the SQLite default)"
+
+install: $(STAMP) $(GEN) node_modules/.installed
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@# generated code lives in gen/; make it importable from the venv
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "school_gen.pth").write_text(str(pathlib.Path("gen").resolve()) + "\n")'
+	touch $(STAMP)
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+	touch $(GEN)
+
+$(GEN): $(STAMP) $(PROTOS) scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+	touch $(GEN)
+
+run: install
+	$(PY) scripts/run_local.py
+
+migrate: install
+	$(PY) -m progress_service migrate
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) gen var .pytest_cache .mypy_cache .ruff_cache
