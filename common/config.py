@@ -1,0 +1,149 @@
+"""Typed settings read from the environment once, validated at start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_DATA_DIR = REPO_ROOT / "var"
+MIN_HMAC_SECRET_BYTES = 32
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    algorithm: str
+    key: Any  # a prepared HMAC secret or public key object, as PyJWT accepts it
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    service: str
+    database_url: str
+    grpc_addr: str
+    jwt: JwtSettings
+    workers: int = 1
+    metrics_addr: str | None = None
+    log_format: str = "json"
+    tls: TlsSettings | None = None
+    grace_seconds: float = 10.0
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def default_sqlite_url(service: str) -> str:
+    return f"sqlite+aiosqlite:///{LOCAL_DATA_DIR / f'{service}.sqlite3'}"
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
+    """Exactly one key: an HMAC secret or a public key file with its one algorithm."""
+    secret = env.get("JWT_SECRET", "")
+    key_file = _opt(env, "JWT_PUBLIC_KEY_FILE")
+    algorithm = _opt(env, "JWT_ALGORITHM")
+    issuer, audience = _opt(env, "JWT_ISSUER"), _opt(env, "JWT_AUDIENCE")
+    leeway = int(env.get("JWT_LEEWAY_SECONDS", "30"))
+    if secret and key_file:
+        raise ConfigError("set JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")
+    if key_file:
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                "JWT_PUBLIC_KEY_FILE needs JWT_ALGORITHM, one of "
+                + ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+            )
+        try:
+            pem = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"JWT_PUBLIC_KEY_FILE {key_file!r} cannot be read: {exc}") from exc
+        try:
+            key = jwt.PyJWS().get_algorithm_by_name(algorithm).prepare_key(pem)
+        except Exception as exc:  # PyJWT raises several types for a bad or mismatched key
+            raise ConfigError(
+                f"JWT_PUBLIC_KEY_FILE is not a {algorithm} public key: {exc}"
+            ) from exc
+        if hasattr(key, "private_bytes"):
+            raise ConfigError("JWT_PUBLIC_KEY_FILE holds a private key; give the public key only")
+        return JwtSettings(algorithm, key, issuer, audience, leeway)
+    if not secret:
+        raise ConfigError(
+            "no token key: set JWT_SECRET (HS256, at least 32 bytes) or "
+            "JWT_PUBLIC_KEY_FILE with JWT_ALGORITHM"
+        )
+    algorithm = algorithm or "HS256"
+    if algorithm not in HMAC_ALGORITHMS:
+        raise ConfigError(f"JWT_SECRET goes with an HMAC JWT_ALGORITHM, not {algorithm}")
+    if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET is too weak: use at least {MIN_HMAC_SECRET_BYTES} bytes")
+    return JwtSettings(algorithm, secret.encode(), issuer, audience, leeway)
+
+
+def _tls(env: Mapping[str, str]) -> TlsSettings | None:
+    cert, key, ca = (_opt(env, n) for n in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"))
+    if not cert and not key:
+        if ca:
+            raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return None
+    if not (cert and key):
+        raise ConfigError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
+    for name, path in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key), ("TLS_CLIENT_CA_FILE", ca)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name} {path!r} does not exist")
+    return TlsSettings(Path(cert), Path(key), Path(ca) if ca else None)
+
+
+def load_settings(
+    service: str, default_addr: str, env: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    log_format = _opt(env, "LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    if log_format not in {"json", "console"}:
+        raise ConfigError("LOG_FORMAT is json or console")
+    try:
+        workers = int(env.get("WORKERS", "1"))
+        grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
+    except ValueError as exc:
+        raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
+    if workers < 1:
+        raise ConfigError("WORKERS must be at least 1")
+    return Settings(
+        service=service,
+        database_url=_opt(env, "DATABASE_URL") or default_sqlite_url(service),
+        grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
+        jwt=load_jwt_settings(env),
+        workers=workers,
+        metrics_addr=_opt(env, "METRICS_ADDR"),
+        log_format=log_format,
+        tls=_tls(env),
+        grace_seconds=grace,
+    )

@@ -1,0 +1,222 @@
+"""Server interceptors: authentication, and errors mapped once to `google.rpc.Status`."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, TypeAlias
+
+import grpc
+from grpc import aio
+
+from common.auth import TokenVerifier, bearer_token, bind_principal, peek_principal
+from common.db import is_unavailable
+from common.errors import InternalError, ServiceError, UnavailableError, to_grpc_status
+
+log = logging.getLogger("rpc")
+
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+Behavior = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+HandlerCall = grpc.HandlerCallDetails
+Continuation: TypeAlias = "Callable[[HandlerCall], Awaitable[Handler | None]]"
+
+
+def _service_of(method: str) -> str:
+    return method.lstrip("/").split("/", 1)[0]
+
+
+def _rebuild(
+    handler: Handler,
+    wrap_unary: Callable[[Behavior], Behavior],
+    wrap_stream: Callable[[Behavior], Behavior],
+) -> Handler:
+    """The same handler with its behavior wrapped; unary and streaming responses differ."""
+    des, ser = handler.request_deserializer, handler.response_serializer
+    h: Any = handler
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(h.unary_unary), des, ser)
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(h.stream_unary), des, ser)
+    if h.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream(h.unary_stream), des, ser)
+    return grpc.stream_stream_rpc_method_handler(wrap_stream(h.stream_stream), des, ser)
+
+
+class _CachingInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each method's handler once and reuses it, keeping the per-call cost low."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Handler | None] = {}
+
+    async def intercept_service(  # type: ignore[override]  # None means UNIMPLEMENTED
+        self, continuation: Continuation, handler_call_details: HandlerCall
+    ) -> Handler | None:
+        method = handler_call_details.method
+        try:
+            return self._cache[method]
+        except KeyError:
+            pass
+        handler = await continuation(handler_call_details)
+        wrapped = None if handler is None else self.wrap(method, handler)
+        self._cache[method] = wrapped
+        return wrapped
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        raise NotImplementedError
+
+
+class AuthInterceptor(_CachingInterceptor):
+    """Verifies the bearer token and binds the caller's `Principal` for the RPC."""
+
+    def __init__(
+        self, verifier: TokenVerifier, public_services: Collection[str] = PUBLIC_SERVICES
+    ) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._public = frozenset(public_services)
+
+    def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> None:
+        token = bearer_token(context.invocation_metadata())
+        bind_principal(self._verifier.verify(token))
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        if _service_of(method) in self._public:
+            return handler
+
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                self._authenticate(context)
+                return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                self._authenticate(context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return call
+
+        return _rebuild(handler, unary, stream)
+
+
+class ErrorInterceptor(_CachingInterceptor):
+    """Maps `ServiceError`s to rich statuses, turns anything else into one logged INTERNAL,
+    and writes one access-log line per RPC."""
+
+    def __init__(self, domain: str, observers: Collection[RpcObserver] = ()) -> None:
+        super().__init__()
+        self._domain = domain
+        self._observers = tuple(observers)
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                started, request_id = time.perf_counter(), _request_id(context)
+                bind_principal(None)
+                try:
+                    response = await behavior(request, context)
+                except BaseException as exc:
+                    await self._fail(method, context, exc, started, request_id)
+                    raise
+                self._finish(method, grpc.StatusCode.OK, started, request_id)
+                return response
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                started, request_id = time.perf_counter(), _request_id(context)
+                bind_principal(None)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except BaseException as exc:
+                    await self._fail(method, context, exc, started, request_id)
+                    raise
+                self._finish(method, grpc.StatusCode.OK, started, request_id)
+
+            return call
+
+        return _rebuild(handler, unary, stream)
+
+    async def _fail(
+        self,
+        method: str,
+        context: aio.ServicerContext[Any, Any],
+        exc: BaseException,
+        started: float,
+        request_id: str,
+    ) -> None:
+        """Abort the call with the status `exc` maps to (this raises), after logging it."""
+        if isinstance(exc, aio.AbortError):
+            self._finish(method, context.code() or grpc.StatusCode.UNKNOWN, started, request_id)
+            return
+        if not isinstance(exc, Exception):  # cancellation and exits pass through untouched
+            self._finish(method, grpc.StatusCode.CANCELLED, started, request_id)
+            return
+        error: ServiceError
+        if isinstance(exc, ServiceError):
+            error = exc
+        elif is_unavailable(exc):
+            error = UnavailableError("database unavailable")
+        else:
+            log.error(
+                "unhandled error in %s", method, exc_info=exc, extra={"request_id": request_id}
+            )
+            error = InternalError("internal error")
+        self._finish(method, error.code, started, request_id, reason=error.reason)
+        status = to_grpc_status(error, self._domain)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _finish(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        request_id: str,
+        reason: str | None = None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        for observer in self._observers:
+            observer(method, code, elapsed)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        principal = peek_principal()
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "code": code.name,
+                "reason": reason,
+                "duration_ms": round(elapsed * 1000, 3),
+                "request_id": request_id,
+                "user_id": principal.user_id if principal else None,
+                "organization_id": principal.organization_id if principal else None,
+            },
+        )
+
+
+RpcObserver = Callable[[str, grpc.StatusCode, float], None]
+
+
+def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode()
+    return uuid.uuid4().hex

@@ -1,0 +1,36 @@
+"""Conversions between protobuf well-known types and plain Python values."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+
+def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def json_from_value(message: Any, field: str) -> Any:
+    """A `google.protobuf.Value` field as a Python JSON value; absent (or JSON null) is None."""
+    if not message.HasField(field):
+        return None
+    return json_format.MessageToDict(getattr(message, field))
+
+
+def value_from_json(data: Any) -> struct_pb2.Value | None:
+    if data is None:
+        return None
+    value = struct_pb2.Value()
+    json_format.ParseDict(data, value)
+    return value
+
+
+def optional(message: Any, field: str) -> Any:
+    """The field's value when present, else None (proto3 `optional`)."""
+    return getattr(message, field) if message.HasField(field) else None

@@ -1,0 +1,154 @@
+"""Server bootstrap both services use: interceptors, health, reflection, TLS, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from common.auth import TokenVerifier
+from common.config import Settings
+from common.db import Database
+from common.interceptors import AuthInterceptor, ErrorInterceptor, RpcObserver
+
+log = logging.getLogger("server")
+
+Register = Callable[[aio.Server, Database], None]
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What a service plugs into the kit: its names, its servicers and its migrations."""
+
+    name: str
+    domain: str
+    default_addr: str
+    service_names: tuple[str, ...]
+    register: Register
+    migrations_dir: Path
+    version_table: str
+
+
+@dataclass
+class RunningServer:
+    server: aio.Server
+    port: int
+    health: Any
+    db: Database
+    extra_shutdown: list[Callable[[], object]] = field(default_factory=list)
+
+    async def shutdown(self, grace: float) -> None:
+        """Health NOT_SERVING first, then let in-flight RPCs finish within `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for hook in self.extra_shutdown:
+            hook()
+        await self.db.dispose()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def start_server(
+    definition: ServiceDefinition,
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    observers: Sequence[RpcObserver] = (),
+) -> RunningServer:
+    """Build, bind and start the server; the caller owns shutdown."""
+    db = db or Database(settings.database_url)
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Sharing a port is only wanted with several workers; otherwise a clash must fail loudly.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    ]
+    server = aio.server(
+        interceptors=[
+            ErrorInterceptor(definition.domain, observers),
+            AuthInterceptor(TokenVerifier(settings.jwt)),
+        ],
+        options=options,
+    )
+    definition.register(server, db)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *definition.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.grpc_addr)
+    else:
+        port = server.add_secure_port(settings.grpc_addr, credentials)
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ("", *definition.service_names):
+        await health_servicer.set(name, serving)
+    return RunningServer(server, port, health_servicer, db)
+
+
+async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 1.0) -> None:
+    """Retry with a clear message while the database is unreachable at start-up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await db.ping()
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "database not reachable, retrying",
+                extra={"attempt": attempt, "of": attempts, "error": str(exc.__cause__ or exc)},
+            )
+            await asyncio.sleep(min(delay * attempt, 5.0))
+
+
+async def serve(definition: ServiceDefinition, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    db = Database(settings.database_url)
+    await wait_for_database(db)
+    running = await start_server(definition, settings, db=db)
+    log.info(
+        "serving",
+        extra={
+            "service": definition.name,
+            "addr": settings.grpc_addr,
+            "port": running.port,
+            "tls": settings.tls is not None,
+            "database": db.dialect,
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", extra={"grace_seconds": settings.grace_seconds})
+    await running.shutdown(settings.grace_seconds)
+    log.info("stopped")

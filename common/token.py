@@ -1,0 +1,95 @@
+"""Mint a bearer token for operators and local use: `python -m common.token --sub … --org …`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+
+def mint(
+    key: str | bytes,
+    *,
+    sub: str,
+    org: str | None = None,
+    campus: str | None = None,
+    global_access: bool = False,
+    permissions: list[str] | None = None,
+    custom_permissions: list[str] | None = None,
+    ttl_seconds: int = 3600,
+    algorithm: str = "HS256",
+    issuer: str | None = None,
+    audience: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl_seconds}
+    if org:
+        claims["org"] = org
+    if campus:
+        claims["campus"] = campus
+    if global_access:
+        claims["global_access"] = True
+    claims["permissions"] = list(permissions or [])
+    if custom_permissions:
+        claims["custom_permissions"] = list(custom_permissions)
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    claims.update(extra or {})
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.token", description=__doc__)
+    p.add_argument("--sub", default=None, help="user id (UUID); a new one when omitted")
+    p.add_argument("--org", help="organization id (UUID)")
+    p.add_argument("--campus", help="campus id (UUID)")
+    p.add_argument("--global", dest="global_access", action="store_true", help="global access")
+    p.add_argument("--perm", action="append", default=[], help="role permission (repeatable)")
+    p.add_argument("--custom-perm", action="append", default=[], help="user's own permission")
+    p.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
+    p.add_argument("--private-key-file", help="PEM private key (with --alg RS256/ES256/EdDSA)")
+    p.add_argument("--alg", default=None, help="signing algorithm (default HS256 or JWT_ALGORITHM)")
+    args = p.parse_args(argv)
+    if args.private_key_file:
+        key: str | bytes = Path(args.private_key_file).read_bytes()
+        algorithm = args.alg or os.environ.get("JWT_ALGORITHM") or "RS256"
+    else:
+        secret = os.environ.get("JWT_SECRET")
+        if not secret:
+            print("set JWT_SECRET (or pass --private-key-file)", file=sys.stderr)
+            return 2
+        key, algorithm = secret, args.alg or "HS256"
+    if not args.org and not args.global_access:
+        print(
+            "warning: no --org and no --global; the services will refuse this token",
+            file=sys.stderr,
+        )
+    print(
+        mint(
+            key,
+            sub=args.sub or str(uuid.uuid4()),
+            org=args.org,
+            campus=args.campus,
+            global_access=args.global_access,
+            permissions=args.perm,
+            custom_permissions=args.custom_perm,
+            ttl_seconds=args.ttl,
+            algorithm=algorithm,
+            issuer=os.environ.get("JWT_ISSUER") or None,
+            audience=os.environ.get("JWT_AUDIENCE") or None,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
