@@ -1,0 +1,1 @@
+"""Per-user progress: sign-language items learned and zones-of-regulation check-ins."""

@@ -1,0 +1,32 @@
+"""How the progress service plugs into the common server bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grpc import aio
+from progress.v1 import progress_pb2, progress_pb2_grpc
+
+from common.db import Database
+from common.server import ServiceDefinition
+from progress_service.service import UserProgressService
+from progress_service.servicer import UserProgressServicer
+
+SERVICE_NAME = progress_pb2.DESCRIPTOR.services_by_name["UserProgressService"].full_name
+
+
+def register(server: aio.Server, db: Database) -> None:
+    progress_pb2_grpc.add_UserProgressServiceServicer_to_server(
+        UserProgressServicer(UserProgressService(db)), server
+    )
+
+
+DEFINITION = ServiceDefinition(
+    name="progress",
+    domain="progress.v1",
+    default_addr="127.0.0.1:50051",
+    service_names=(SERVICE_NAME,),
+    register=register,
+    migrations_dir=Path(__file__).parent / "migrations",
+    version_table="alembic_version_progress",
+)

@@ -1,0 +1,49 @@
+"""Progress records as the service layer sees them, free of protobuf and SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+# Any JSON value; None (absent, or JSON null) is stored as SQL NULL.
+JsonValue = Any
+
+
+class ProgressType(StrEnum):
+    SIGN_LEARNED = "sign_learned"
+    ZONE_CHECKIN = "zone_checkin"
+
+
+PROGRESS_TYPE_VALUES = tuple(t.value for t in ProgressType)
+
+
+@dataclass(frozen=True, slots=True)
+class UserProgressInput:
+    progress_type: str
+    item_id: str
+    value: str | None = None
+    score: int | None = None
+    metadata: JsonValue = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserProgress:
+    id: str
+    progress_type: str
+    item_id: str
+    value: str | None
+    score: int | None
+    metadata: JsonValue
+    organization_id: str
+    campus_id: str | None
+    user_id: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[UserProgress]
+    count: int

@@ -1,0 +1,82 @@
+"""Progress rules: validation, ownership and one transaction per call."""
+
+from __future__ import annotations
+
+from common.auth import Principal
+from common.db import Database
+from common.errors import FieldViolation, ValidationError
+from common.pagination import resolve_pagination
+from common.tenancy import assert_authenticated_tenant_user
+from progress_service.domain import PROGRESS_TYPE_VALUES, Page, UserProgress, UserProgressInput
+from progress_service.repository import UserProgressRepository
+
+MAX_ITEM_ID_LENGTH = 512
+
+
+def check_progress_type(value: str, field: str) -> list[FieldViolation]:
+    if value not in PROGRESS_TYPE_VALUES:
+        return [FieldViolation(field, f"must be one of {', '.join(PROGRESS_TYPE_VALUES)}")]
+    return []
+
+
+def clean_item_id(value: str, field: str, violations: list[FieldViolation]) -> str:
+    """Trimmed item id; records a violation when it is empty or too long."""
+    item_id = value.strip()
+    if not item_id:
+        violations.append(FieldViolation(field, "must not be empty"))
+    elif len(item_id) > MAX_ITEM_ID_LENGTH:
+        violations.append(FieldViolation(field, f"must be at most {MAX_ITEM_ID_LENGTH} characters"))
+    return item_id
+
+
+def validate_input(data: UserProgressInput, prefix: str = "data.") -> UserProgressInput:
+    """The input as it will be stored, or a ValidationError naming every bad field."""
+    violations = check_progress_type(data.progress_type, f"{prefix}progress_type")
+    item_id = clean_item_id(data.item_id, f"{prefix}item_id", violations)
+    if violations:
+        raise ValidationError(violations)
+    return UserProgressInput(data.progress_type, item_id, data.value, data.score, data.metadata)
+
+
+class UserProgressService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
+        assert_authenticated_tenant_user(principal)
+        clean = validate_input(data)
+        async with self._db.transaction(write=True) as conn:
+            record, _created = await UserProgressRepository(conn, principal).upsert(clean)
+        return record
+
+    async def list(
+        self,
+        principal: Principal,
+        progress_type: str,
+        item_id: str | None,
+        limit: int,
+        page: int,
+    ) -> Page:
+        assert_authenticated_tenant_user(principal)
+        violations = check_progress_type(progress_type, "progress_type")
+        if item_id is not None:
+            item_id = item_id.strip() or None
+        if violations:
+            raise ValidationError(violations)
+        paging = resolve_pagination(limit, page)
+        async with self._db.transaction() as conn:
+            rows, count = await UserProgressRepository(conn, principal).list(
+                progress_type, item_id, paging
+            )
+        return Page(rows, count)
+
+    async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
+        assert_authenticated_tenant_user(principal)
+        violations = check_progress_type(progress_type, "progress_type")
+        clean_id = clean_item_id(item_id, "item_id", violations)
+        if violations:
+            raise ValidationError(violations)
+        async with self._db.transaction(write=True) as conn:
+            return await UserProgressRepository(conn, principal).soft_delete(
+                progress_type, clean_id
+            )

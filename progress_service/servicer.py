@@ -1,0 +1,74 @@
+"""Servicer for `progress.v1.UserProgressService`: protobuf ⇄ domain, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+from progress.v1 import progress_pb2, progress_pb2_grpc
+
+from common.auth import current_principal
+from common.protoconv import json_from_value, optional, timestamp, value_from_json
+from progress_service.domain import UserProgress, UserProgressInput
+from progress_service.service import UserProgressService
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def to_proto(record: UserProgress) -> progress_pb2.UserProgress:
+    return progress_pb2.UserProgress(
+        id=record.id,
+        progress_type=record.progress_type,
+        item_id=record.item_id,
+        value=record.value,
+        score=record.score,
+        metadata=value_from_json(record.metadata),
+        organization_id=record.organization_id,
+        campus_id=record.campus_id,
+        user_id=record.user_id,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+    )
+
+
+def input_from_proto(data: progress_pb2.UserProgressInput) -> UserProgressInput:
+    return UserProgressInput(
+        progress_type=data.progress_type,
+        item_id=data.item_id,
+        value=optional(data, "value"),
+        score=optional(data, "score"),
+        metadata=json_from_value(data, "metadata"),
+    )
+
+
+class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
+    def __init__(self, service: UserProgressService) -> None:
+        self._service = service
+
+    async def UpsertUserProgress(
+        self, request: progress_pb2.UpsertUserProgressRequest, context: Context
+    ) -> progress_pb2.UserProgress:
+        record = await self._service.upsert(current_principal(), input_from_proto(request.data))
+        return to_proto(record)
+
+    async def ListUserProgress(
+        self, request: progress_pb2.ListUserProgressRequest, context: Context
+    ) -> progress_pb2.ListUserProgressResponse:
+        page = await self._service.list(
+            current_principal(),
+            request.progress_type,
+            optional(request, "item_id"),
+            request.limit,
+            request.page,
+        )
+        return progress_pb2.ListUserProgressResponse(
+            rows=[to_proto(r) for r in page.rows], count=page.count
+        )
+
+    async def DeleteUserProgressByItem(
+        self, request: progress_pb2.DeleteUserProgressByItemRequest, context: Context
+    ) -> progress_pb2.DeleteUserProgressByItemResponse:
+        deleted = await self._service.delete_by_item(
+            current_principal(), request.progress_type, request.item_id
+        )
+        return progress_pb2.DeleteUserProgressByItemResponse(deleted_count=deleted)

@@ -1,0 +1,58 @@
+"""The `user_progress` table, with the original Sequelize names."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Enum, Index, Integer, MetaData, String, Table, Text, text
+
+from common.db import JSON_TYPE, UUID_TYPE, UtcDateTime
+from progress_service.domain import PROGRESS_TYPE_VALUES
+
+metadata = MetaData()
+
+PROGRESS_TYPE_ENUM = Enum(
+    *PROGRESS_TYPE_VALUES, name="enum_user_progress_progress_type", create_constraint=True
+)
+
+user_progress = Table(
+    "user_progress",
+    metadata,
+    Column("id", UUID_TYPE, primary_key=True),
+    Column("progress_type", PROGRESS_TYPE_ENUM, nullable=False),
+    Column("item_id", Text, nullable=False),
+    Column("value", Text),
+    Column("score", Integer),
+    Column("metadata", JSON_TYPE),
+    Column("importHash", String(255), unique=True),
+    Column("organizationId", UUID_TYPE, nullable=False),
+    Column("campusId", UUID_TYPE),
+    Column("userId", UUID_TYPE, nullable=False),
+    Column("createdById", UUID_TYPE, nullable=False),
+    Column("updatedById", UUID_TYPE),
+    Column("createdAt", UtcDateTime, nullable=False),
+    Column("updatedAt", UtcDateTime, nullable=False),
+    Column("deletedAt", UtcDateTime),
+)
+
+LIVE = text('"deletedAt" IS NULL')
+
+# One live row per (organization, user, type, item): the target of the atomic upsert.
+Index(
+    "user_progress_owner_item_key",
+    user_progress.c.organizationId,
+    user_progress.c.userId,
+    user_progress.c.progress_type,
+    user_progress.c.item_id,
+    unique=True,
+    postgresql_where=LIVE,
+    sqlite_where=LIVE,
+)
+# Serves the list: a user's rows of one type, newest first.
+Index(
+    "user_progress_user_type_created",
+    user_progress.c.userId,
+    user_progress.c.progress_type,
+    user_progress.c.createdAt.desc(),
+    user_progress.c.id.desc(),
+    postgresql_where=LIVE,
+    sqlite_where=LIVE,
+)

@@ -1,0 +1,137 @@
+"""Real servers on port 0 over real channels, on SQLite always and PostgreSQL when configured."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from grpc import aio
+from sqlalchemy import MetaData, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from common.config import JwtSettings, Settings
+from common.db import Database
+from common.migrations import upgrade
+from common.server import RunningServer, ServiceDefinition, start_server
+from tests.support import SECRET
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        yield None
+        return
+    url = make_url(base).set(drivername="postgresql+asyncpg")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+        await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def backend_urls(pg_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    urls = {"sqlite": f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"}
+    if pg_url:
+        urls["postgres"] = pg_url
+    return urls
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, backend_urls: dict[str, str]) -> str:
+    if request.param not in backend_urls:
+        if os.environ.get("REQUIRE_POSTGRES_TESTS"):
+            pytest.fail("REQUIRE_POSTGRES_TESTS is set but TEST_DATABASE_URL is not")
+        pytest.skip("PostgreSQL tests need TEST_DATABASE_URL")
+    return str(request.param)
+
+
+def test_settings(service: str, url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "service": service,
+        "database_url": url,
+        "grpc_addr": "127.0.0.1:0",
+        "jwt": JwtSettings("HS256", SECRET.encode()),
+        "log_format": "json",
+        "grace_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Harness:
+    """A running service, a channel to it, and direct database access for assertions."""
+
+    running: RunningServer
+    channel: aio.Channel
+    metadata: MetaData
+
+    @property
+    def db(self) -> Database:
+        return self.running.db
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    async def wipe(self) -> None:
+        async with self.db.transaction(write=True) as conn:
+            for table in reversed(self.metadata.sorted_tables):
+                await conn.execute(table.delete())
+
+
+_migrated: set[tuple[str, str]] = set()
+
+
+async def start_harness(
+    definition: ServiceDefinition, url: str, metadata: MetaData, **overrides: Any
+) -> Harness:
+    if (definition.name, url) not in _migrated:
+        await asyncio.to_thread(upgrade, url, definition.migrations_dir, definition.version_table)
+        _migrated.add((definition.name, url))
+    running = await start_server(definition, test_settings(definition.name, url, **overrides))
+    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return Harness(running, channel, metadata)
+
+
+async def stop_harness(harness: Harness) -> None:
+    await harness.channel.close()
+    await harness.running.shutdown(1.0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def progress_harness(backend: str, backend_urls: dict[str, str]) -> AsyncIterator[Harness]:
+    from progress_service.app import DEFINITION
+    from progress_service.tables import metadata
+
+    harness = await start_harness(DEFINITION, backend_urls[backend], metadata)
+    yield harness
+    await stop_harness(harness)
+
+
+@pytest_asyncio.fixture
+async def progress(progress_harness: Harness) -> AsyncIterator[Harness]:
+    """The progress service with empty tables."""
+    await progress_harness.wipe()
+    yield progress_harness
+
+
+ROOT = Path(__file__).resolve().parents[1]
