@@ -26,7 +26,7 @@ from tests.academic_years_support import (
     stub,
 )
 from tests.conftest import Harness
-from tests.support import Caller, expect_error, new_uuid
+from tests.support import Caller, bearer, expect_error, new_uuid
 
 pytestmark = pytest.mark.asyncio
 
@@ -191,13 +191,19 @@ async def test_organization_filter_narrows_and_never_widens(academic_years: Harn
     assert error.violations[0][0] == "organization"
 
 
+class ExpiredCaller(Caller):
+    """Everything a caller needs, but with an expired token."""
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return bearer(self.token(ttl_seconds=-3600))
+
+
 @pytest.mark.parametrize("rpc", PROBES)
 async def test_every_rpc_needs_a_valid_token(academic_years: Harness, rpc: str) -> None:
     _permission, probe = PROBES[rpc]
     year_id, org = await _seed_target(academic_years)
-    anonymous = Caller(org=org, permissions=list(ALL))
-    expired = anonymous.token(ttl_seconds=-3600)
-    anonymous.token = lambda **_kw: expired  # type: ignore[method-assign]
+    anonymous = ExpiredCaller(org=org, permissions=list(ALL))
     error = await expect_error(
         probe(academic_years, anonymous, year_id, org), grpc.StatusCode.UNAUTHENTICATED
     )

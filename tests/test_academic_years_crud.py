@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import grpc
@@ -354,3 +355,14 @@ async def test_malformed_id_is_invalid_argument(academic_years: Harness, rpc: st
     )
     error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
     assert error.violations == [("id", "must be a UUID")]
+
+
+async def test_concurrent_creates_of_one_id_leave_one_row(academic_years: Harness) -> None:
+    caller, chosen = staff(), new_uuid()
+    results = await asyncio.gather(
+        *[create(academic_years, caller, id=chosen, name=f"n{i}") for i in range(6)],
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(errors) == 5 and all(e.code() == grpc.StatusCode.ALREADY_EXISTS for e in errors)
+    assert await count(academic_years, caller) == 1
