@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 
 
 def run(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL"))}
     return subprocess.run(  # noqa: S603
