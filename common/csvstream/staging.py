@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -49,7 +50,18 @@ async def stage_rows(
     marks = ", ".join("?" for _ in table.columns)
     sql = f"INSERT INTO temp.{table.name} VALUES ({marks})"  # noqa: S608  # our own name
     async for batch in batches:
-        await conn.exec_driver_sql(sql, list(batch))
+        await _uninterrupted(conn.exec_driver_sql(sql, list(batch)))
+
+
+async def _uninterrupted(statement: Awaitable[Any]) -> None:
+    """Lets a statement finish when the RPC is cancelled meanwhile: SQLAlchemy would invalidate
+    the interrupted connection, and aiosqlite would then keep SQLite's write lock forever."""
+    task = asyncio.ensure_future(statement)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 async def drop_staging(conn: AsyncConnection, table: Table) -> None:
