@@ -13,11 +13,10 @@ from typing import Any
 from common.csvstream.cells import CellError, CellParser, text
 from common.csvstream.progress import RateLog
 from common.csvstream.settings import CsvLimits
-from common.errors import FieldViolation, ResourceExhaustedError, ValidationError
+from common.errors import MAX_VIOLATIONS, FieldViolation, ResourceExhaustedError, ValidationError
 
 log = logging.getLogger("csv")
 
-MAX_VIOLATIONS = 20
 BATCH_ROWS = 5000
 
 

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.csvstream.pgcopy import copy_in
 from common.db import UtcDateTime
 
+SORT_MEMORY = "128MB"  # for this transaction only
+
 
 def staging_table(conn: AsyncConnection, *columns: Column[Any]) -> Table:
     """`row_index` and `line`, then `columns`: the shape of `CsvReader.rows()` tuples.
@@ -45,6 +47,8 @@ async def stage_rows(
     """Create `table` and fill it from `batches` inside the caller's transaction."""
     await conn.run_sync(table.create)
     if conn.dialect.name == "postgresql":
+        # Services read staged rows back in file order: let that sort stay in memory.
+        await conn.exec_driver_sql(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
         await copy_in(conn, table.name, [c.name for c in table.columns], batches)
         return
     marks = ", ".join("?" for _ in table.columns)
