@@ -124,9 +124,12 @@ async def export(stub: Any, metadata: Any, path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, lines - 1
 
 
-async def measure(db_url: str, plain_url: str, csv_path: Path, rows: int) -> dict[str, float]:
-    """Service and psql take turns on the same database: import, \\copy in, then export and
-    \\copy out twice each (the better of two counts, as caches settle)."""
+async def measure(
+    db_url: str, plain_url: str, csv_path: Path, rows: int, psql_first: bool
+) -> dict[str, float]:
+    """Service and psql take turns on the same database: import and \\copy in (the second one
+    pays for the first one's checkpoint), then export and \\copy out twice each (the better of
+    two counts, as caches settle)."""
     secret, port, org = secrets.token_hex(32), free_port(), str(uuid.uuid4())
     env = dict(os.environ, DATABASE_URL=db_url, GRPC_ADDR=f"127.0.0.1:{port}", JWT_SECRET=secret,
                LOG_FORMAT="json")  # fmt: skip
@@ -141,12 +144,16 @@ async def measure(db_url: str, plain_url: str, csv_path: Path, rows: int) -> dic
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel, process)
             stub = academic_years_pb2_grpc.AcademicYearsServiceStub(channel)
+            prepare_copy_table(plain_url)
+            if psql_first:
+                copy_in_s = await asyncio.to_thread(psql_copy_in, plain_url, csv_path)
             started = time.perf_counter()
             summary = await stub.ImportAcademicYearsCsv(upload(csv_path), metadata=metadata)
             import_s = time.perf_counter() - started
             assert summary.created == rows, summary
-            prepare_copy_table(plain_url)
-            copy_in_s = await asyncio.to_thread(psql_copy_in, plain_url, csv_path)
+            import_peak = peak_rss_mb(process.pid)
+            if not psql_first:
+                copy_in_s = await asyncio.to_thread(psql_copy_in, plain_url, csv_path)
             export_s, copy_out_s = float("inf"), float("inf")
             for _ in range(2):
                 seconds, exported = await export(stub, metadata, OUT / f"export_{rows}.csv")
@@ -170,10 +177,12 @@ async def measure(db_url: str, plain_url: str, csv_path: Path, rows: int) -> dic
         "import_ratio": copy_in_s / import_s,
         "export_ratio": copy_out_s / export_s,
         "peak_rss_mb": peak,
+        "import_peak_rss_mb": import_peak,
+        "psql_first": psql_first,
     }
 
 
-def run(admin_url: str, rows: int) -> dict[str, float]:
+def run(admin_url: str, rows: int, psql_first: bool) -> dict[str, float]:
     OUT.mkdir(parents=True, exist_ok=True)
     csv_path = OUT / f"academic_years_{rows}.csv"
     generate(csv_path, rows)
@@ -188,14 +197,15 @@ def run(admin_url: str, rows: int) -> dict[str, float]:
         subprocess.run([sys.executable, "-m", "academic_years_service", "migrate"], check=True,
                        env=dict(os.environ, DATABASE_URL=db_url_text), cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        return asyncio.run(measure(db_url_text, plain, csv_path, rows))
+        return asyncio.run(measure(db_url_text, plain, csv_path, rows, psql_first))
     finally:
         psql(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def report(r: dict[str, float]) -> None:
     rows = int(r["rows"])
-    print(f"\n{rows:,} rows, file {OUT / f'academic_years_{rows}.csv'}")
+    order = "psql \\copy in first" if r["psql_first"] else "service import first"
+    print(f"\n{rows:,} rows, file {OUT / f'academic_years_{rows}.csv'} ({order})")
     print(f"  import via gRPC  {r['import_rows_s']:>12,.0f} rows/s")
     print(
         f"  psql \\copy in    {r['psql_in_rows_s']:>12,.0f} rows/s   ratio {r['import_ratio']:.2f}"
@@ -204,7 +214,10 @@ def report(r: dict[str, float]) -> None:
     print(
         f"  psql \\copy out   {r['psql_out_rows_s']:>12,.0f} rows/s   ratio {r['export_ratio']:.2f}"
     )
-    print(f"  server peak RSS  {r['peak_rss_mb']:>12.1f} MB (VmHWM)")
+    after_import = r["import_peak_rss_mb"]
+    print(
+        f"  server peak RSS  {r['peak_rss_mb']:>12.1f} MB (VmHWM; {after_import:.1f} after import)"
+    )
 
 
 def main() -> int:
@@ -214,11 +227,13 @@ def main() -> int:
                         help="also run twice the rows and compare the peak RSS")  # fmt: skip
     parser.add_argument("--admin-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
+    parser.add_argument("--psql-first", action="store_true",
+                        help="run psql \\copy in before the service's import")  # fmt: skip
     args = parser.parse_args()
-    results = [run(args.admin_url, args.rows)]
+    results = [run(args.admin_url, args.rows, args.psql_first)]
     report(results[0])
     if args.flat_memory:
-        results.append(run(args.admin_url, args.rows * 2))
+        results.append(run(args.admin_url, args.rows * 2, args.psql_first))
         report(results[1])
         a, b = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
         print(f"\npeak RSS {a:.1f} MB for {args.rows:,} rows, {b:.1f} MB for {args.rows * 2:,}")

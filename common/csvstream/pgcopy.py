@@ -12,7 +12,7 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _DONE = object()
-QUEUED_PIECES = 64
+QUEUED_PIECES = 8  # each piece is what one socket read brought, up to a few 100 KiB
 
 
 async def driver_connection(conn: AsyncConnection) -> Any:

@@ -7,7 +7,10 @@ import io
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, case, func, literal
+from sqlalchemy import ColumnElement, Integer, String, case, literal
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from common.csvstream.progress import RateLog
 
@@ -21,11 +24,28 @@ def escape_formula(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
 
 
+class first_code_point(FunctionElement[int]):  # named like the SQL functions it stands for
+    """The code point of a text's first character: integers compare without collation rules."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(first_code_point, "postgresql")
+def _ascii(element: first_code_point, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"ascii({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(first_code_point)
+def _unicode(element: first_code_point, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"unicode({compiler.process(element.clauses, **kw)})"
+
+
 def formula_safe(column: ColumnElement[Any]) -> ColumnElement[str]:
     """The same rule in SQL, so text leaves the database already escaped."""
-    first = func.substr(column, 1, 1)
+    triggers = [ord(c) for c in FORMULA_TRIGGERS]
     return case(
-        (first.in_(FORMULA_TRIGGERS), literal("'", String) + column),
+        (first_code_point(column).in_(triggers), literal("'", String) + column),
         else_=column,
     )
 
