@@ -78,7 +78,7 @@ def channel(
 ) -> aio.Channel:
     """An asyncio channel carrying the service config; TLS when `credentials` are given."""
     opts = [
-        ("grpc.service_config", json.dumps(config or service_config())),
+        ("grpc.service_config", json.dumps(service_config() if config is None else config)),
         ("grpc.enable_retries", 1),
         *options,
     ]
