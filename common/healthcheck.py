@@ -26,8 +26,11 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     ca = args.ca_file or os.environ.get("TLS_CERT_FILE")
     if not ca:
         return None
-    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-    return grpc.ssl_channel_credentials(read(ca), read(args.key), read(args.cert))
+    return grpc.ssl_channel_credentials(_read(ca), _read(args.key), _read(args.cert))
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
 
 
 def main(argv: list[str] | None = None) -> int:
