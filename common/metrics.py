@@ -91,6 +91,11 @@ class ServerMetrics:
         if db is not None:
             self.registry.register(_PoolCollector(db))
 
+    def register_method(self, method: str, handler: Handler) -> tuple[str, str, str]:
+        """Remember the method's RPC type (the observer hook does not see it); its labels."""
+        self._types[method] = rpc_type(handler)
+        return self.labels(method)
+
     def labels(self, method: str) -> tuple[str, str, str]:
         service, name = split_method(method)
         return service, name, self._types.get(method, "unary")
@@ -119,8 +124,7 @@ class _StartInterceptor(_CachingInterceptor):
         self._metrics = metrics
 
     def wrap(self, method: str, handler: Handler) -> Handler:
-        self._metrics._types[method] = rpc_type(handler)
-        labels = self._metrics.labels(method)
+        labels = self._metrics.register_method(method, handler)
         started, in_flight = (
             self._metrics.started.labels(*labels),
             self._metrics.in_flight.labels(*labels),
