@@ -18,13 +18,10 @@ import pytest
 from tests.processes import ROOT, ServiceProcess, start_service
 from tests.support import SECRET
 
-HAS_ACADEMIC_YEARS = (ROOT / "academic_years_service" / "__main__.py").exists()
 MODULES = {
     "progress_service": "progress.v1.UserProgressService",
     "academic_years_service": "academic_years.v1.AcademicYearsService",
 }
-if not HAS_ACADEMIC_YEARS:
-    del MODULES["academic_years_service"]
 
 # `npx buf` in the README resolves to this binary; calling it directly saves npx's start-up.
 BUF = str(ROOT / "node_modules" / ".bin" / "buf")
@@ -109,17 +106,20 @@ def test_buf_curl_makes_authenticated_calls(services: dict[str, ServiceProcess])
         sub,
         org,
     )
-    if HAS_ACADEMIC_YEARS:
-        year = {"data": {"name": "2025/2026", "start_date": "2025-09-01", "end_date": "2026-06-30"}}
-        out = buf_curl(
-            services["academic_years_service"],
-            "/academic_years.v1.AcademicYearsService/CreateAcademicYear",
-            *auth,
-            "-d",
-            json.dumps(year),
-        )
-        created = json.loads(out)
-        assert (created["name"], created["organizationId"]) == ("2025/2026", org)
+    year = {"data": {"name": "2025/2026", "start_date": "2025-09-01", "end_date": "2026-06-30"}}
+    out = buf_curl(
+        services["academic_years_service"],
+        "/academic_years.v1.AcademicYearsService/CreateAcademicYear",
+        *auth,
+        "-d",
+        json.dumps(year),
+    )
+    created = json.loads(out)
+    assert (created["name"], created["organizationId"], created["createdById"]) == (
+        "2025/2026",
+        org,
+        sub,
+    )
 
 
 def test_buf_curl_without_a_token_is_unauthenticated(services: dict[str, ServiceProcess]) -> None:
@@ -145,7 +145,7 @@ def googleapis_include() -> str:
 def test_node_grpc_js_client_interoperates(services: dict[str, ServiceProcess]) -> None:
     org = str(uuid.uuid4())
     token, sub = mint(org, "READ_ACADEMIC_YEARS", "CREATE_ACADEMIC_YEARS")
-    targets = [s.target for s in services.values()]
+    targets = [services[m].target for m in ("progress_service", "academic_years_service")]
     out: dict[str, Any] = json.loads(
         run(
             "node",
@@ -169,17 +169,16 @@ def test_node_grpc_js_client_interoperates(services: dict[str, ServiceProcess]) 
     assert listing["code"] == 0 and listing["response"]["count"] == 1
     assert [r["id"] for r in listing["response"]["rows"]] == [row["id"]]
     assert out["unauthenticated"]["code"] == 16  # UNAUTHENTICATED
-    if HAS_ACADEMIC_YEARS:
-        created, years = out["create"], out["listYears"]
-        assert created["code"] == 0, created
-        year = created["response"]
-        assert (year["name"], year["start_date"], year["organization_id"]) == (
-            "2025/2026",
-            "2025-09-01",
-            org,
-        )
-        assert years["code"] == 0 and years["response"]["count"] == 1
-        assert [r["id"] for r in years["response"]["rows"]] == [year["id"]]
+    created, years = out["create"], out["listYears"]
+    assert created["code"] == 0, created
+    year = created["response"]
+    assert (year["name"], year["start_date"], year["organization_id"]) == (
+        "2025/2026",
+        "2025-09-01",
+        org,
+    )
+    assert years["code"] == 0 and years["response"]["count"] == 1
+    assert [r["id"] for r in years["response"]["rows"]] == [year["id"]]
 
 
 def test_buf_lint_and_breaking_against_main_are_clean() -> None:

@@ -1,7 +1,7 @@
 // Calls the services the way the old Node backend's callers would: @grpc/grpc-js with protos
 // loaded at run time by @grpc/proto-loader. Prints one JSON object with what came back.
 //
-//   node tests/node/interop.js <protos dir> <googleapis include dir> <progress addr> [<academic years addr>]
+//   node tests/node/interop.js <protos dir> <googleapis include dir> <progress addr> <academic years addr>
 // The bearer token comes from the TOKEN environment variable.
 'use strict';
 
@@ -61,7 +61,7 @@ async function academicYears(out) {
 async function main() {
   const out = {};
   await progress(out);
-  if (academicYearsAddr) await academicYears(out);
+  await academicYears(out);
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
