@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,3 +117,17 @@ async def test_a_client_ca_without_a_server_certificate_is_a_config_error(tmp_pa
         load_settings(
             "progress", "127.0.0.1:0", {"JWT_SECRET": SECRET, "TLS_CLIENT_CA_FILE": str(ca)}
         )
+
+
+async def test_the_container_probe_speaks_tls_and_mtls(
+    tls: Harness, mtls: Harness, pki: dict[str, Pair]
+) -> None:
+    from common import healthcheck
+
+    def probe(h: Harness, *args: str) -> int:
+        return healthcheck.main(["--addr", h.target, "--ca-file", str(pki["ca"].cert), *args])
+
+    client_pair = ["--cert", str(pki["client"].cert), "--key", str(pki["client"].key)]
+    assert await asyncio.to_thread(probe, tls) == 0
+    assert await asyncio.to_thread(probe, mtls) == 1  # no client certificate
+    assert await asyncio.to_thread(probe, mtls, *client_pair) == 0
