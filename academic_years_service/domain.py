@@ -32,6 +32,7 @@ class AcademicYearInput:
 class AcademicYearValues:
     """Validated values to write; None means "not written" (create stores NULL/defaults)."""
 
+    id: str | None = None
     name: str | None = None
     start_date: dt.date | None = None
     end_date: dt.date | None = None

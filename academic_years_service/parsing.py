@@ -82,11 +82,15 @@ def date_range(
     return None if ends is None else Bounds(*ends)
 
 
-def _instant(value: str, field: str, violations: list[FieldViolation]) -> str | None:
-    """Checks a created-at bound; the caller converts it knowing which end it is."""
+def _instant(
+    value: str, field: str, violations: list[FieldViolation]
+) -> tuple[dt.datetime, bool] | None:
+    """A created-at bound as aware UTC, and whether it was given as a bare date."""
     if _DATE.fullmatch(value):
-        return value if date(value, field, violations) else None
-    return value if timestamp(value, field, violations) else None
+        day = date(value, field, violations)
+        return None if day is None else (dt.datetime.combine(day, dt.time(), dt.UTC), True)
+    moment = timestamp(value, field, violations)
+    return None if moment is None else (moment, False)
 
 
 def created_range(
@@ -96,19 +100,11 @@ def created_range(
     ends = _range(values, field, violations, _instant)
     if ends is None:
         return None
-    lower_text, upper_text = ends
-    lower = _start_of(lower_text) if lower_text else None
-    if upper_text and _DATE.fullmatch(upper_text):
-        return Bounds(lower, _start_of(upper_text) + ONE_DAY, upper_exclusive=True)
-    return Bounds(lower, _start_of(upper_text) if upper_text else None)
-
-
-def _start_of(text: str) -> dt.datetime:
-    if _DATE.fullmatch(text):
-        return dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
-    parsed = timestamp(text, "", [])
-    assert parsed is not None  # checked by _instant
-    return parsed
+    lower = ends[0][0] if ends[0] else None
+    upper = ends[1]
+    if upper is not None and upper[1]:
+        return Bounds(lower, upper[0] + ONE_DAY, upper_exclusive=True)
+    return Bounds(lower, upper[0] if upper else None)
 
 
 def organizations(value: str, violations: list[FieldViolation]) -> tuple[str, ...] | None:

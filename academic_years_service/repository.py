@@ -11,6 +11,7 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
+    Update,
     and_,
     func,
     insert,
@@ -197,7 +198,7 @@ class AcademicYearsRepository:
         row = (await self._conn.execute(statement)).one_or_none()
         return None if row is None else _to_domain(row)
 
-    def _soft_delete(self) -> Any:
+    def _soft_delete(self) -> Update:
         now = utcnow()
         return (
             update(t)

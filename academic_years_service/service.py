@@ -47,6 +47,7 @@ def authorize(principal: Principal, permission: str) -> None:
 def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYearValues:
     """The input as it will be written, or a ValidationError naming every bad field."""
     violations: list[FieldViolation] = []
+    year_id = None if data.id is None else parsing.uuid(data.id, f"{prefix}id", violations)
     start = parsing.date_or_none(data.start_date, f"{prefix}start_date", violations)
     end = parsing.date_or_none(data.end_date, f"{prefix}end_date", violations)
     organization_id = None
@@ -60,6 +61,7 @@ def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYe
         if getattr(data, name) is not None
     }
     return AcademicYearValues(
+        id=year_id,
         name=data.name,
         start_date=start,
         end_date=end,
@@ -106,19 +108,20 @@ class AcademicYearsService:
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         authorize(principal, CREATE)
-        year_id = new_id() if data.id is None else _id(data.id, "data.id")
         values = validate_input(data)
         async with self._db.transaction(write=True) as conn:
-            return await AcademicYearsRepository(conn, principal).create(year_id, values)
+            return await AcademicYearsRepository(conn, principal).create(
+                values.id or new_id(), values
+            )
 
     async def update(
         self, principal: Principal, year_id: str, data: AcademicYearInput
     ) -> AcademicYear:
         authorize(principal, UPDATE)
         year_id = _id(year_id, "id")
-        if data.id is not None and _id(data.id, "data.id") != year_id:
-            raise ValidationError.field("data.id", "must be omitted or equal id")
         values = validate_input(data)
+        if values.id is not None and values.id != year_id:
+            raise ValidationError.field("data.id", "must be omitted or equal id")
         async with self._db.transaction(write=True) as conn:
             year = await AcademicYearsRepository(conn, principal).update(year_id, values)
         if year is None:

@@ -366,3 +366,11 @@ async def test_concurrent_creates_of_one_id_leave_one_row(academic_years: Harnes
     errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(errors) == 5 and all(e.code() == grpc.StatusCode.ALREADY_EXISTS for e in errors)
     assert await count(academic_years, caller) == 1
+
+
+async def test_every_bad_field_is_named_at_once(academic_years: Harness) -> None:
+    error = await expect_error(
+        create(academic_years, staff(), id="x", start_date="2024-01-32", end_date="tomorrow"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert [v[0] for v in error.violations] == ["data.id", "data.start_date", "data.end_date"]
