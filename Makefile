@@ -64,7 +64,8 @@ clean:
 
 # CSV import/export of 1M academic years through the service vs psql \copy, on a fresh
 # PostgreSQL database (BENCH_DATABASE_URL, default the local server). Not part of `make test`.
-# BENCH_ARGS="--rows 200000" for a quick run; "--flat-memory" adds a 2x run for the RSS check.
+# BENCH_ARGS="--rows 200000" for a quick run; "--flat-memory" adds a 2x run for the RSS check;
+# "--rounds 1" imports once instead of twice (taking turns with psql to go first).
 .PHONY: bench-csv
 bench-csv: install
 	$(PY) bench/csv_bench.py $(BENCH_ARGS)
