@@ -59,3 +59,9 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) gen var .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+# Services against the bare asyncpg baseline on PostgreSQL (BENCH_DATABASE_URL, TEST_DATABASE_URL
+# or the local default); prints a table and writes bench/out/results.json. BENCH_ARGS=--quick.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)

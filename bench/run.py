@@ -1,0 +1,425 @@
+"""Orchestrates one benchmark run: database, datasets, servers, alternating rounds, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from progress.v1 import progress_pb2
+from sqlalchemy import make_url
+
+from bench import data
+from bench.load import Call, LoadGenerator, Metadata
+from bench.servers import REPO_ROOT, Server, Target
+from common.migrations import upgrade
+from common.token import mint
+
+SECRET = "bench-secret-" + "s" * 40
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PROGRESS = "/progress.v1.UserProgressService/"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    quick: bool
+    rounds: int
+    concurrency: int
+    channels: int
+    requests: int
+    warmup: int
+    list_users: int  # users whose lists are read; each has `rows_per_user` rows
+    rows_per_user: int
+    big_users: int  # users in the big table (big_users * rows_per_user rows)
+    upsert_users: int
+    upsert_items: int
+    workers2: bool
+    variants: tuple[tuple[str, Path | None, dict[str, str]], ...]
+    out: Path
+
+
+@dataclass
+class Record:
+    case: str
+    target: str
+    round: int
+    requests: int
+    errors: dict[str, int]
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    server_cpu_s: float
+    server_cpu_us_per_req: float
+    client_cpu_s: float
+
+
+@dataclass
+class Identities:
+    """Per-user call metadata: the bearer token for the services, plain ids for the baseline."""
+
+    metadata: dict[int, Metadata] = field(default_factory=dict)
+
+    def of(self, user: int) -> Metadata:
+        found = self.metadata.get(user)
+        if found is None:
+            uid, org = data.user_id(user), data.user_org_id(user)
+            token = mint(SECRET, sub=uid, org=org, ttl_seconds=6 * 3600)
+            found = (
+                ("authorization", f"Bearer {token}"),
+                ("x-bench-org", org),
+                ("x-bench-user", uid),
+            )
+            self.metadata[user] = found
+        return found
+
+
+CallBuilder = Callable[[int, int], list[Call]]
+
+
+def list_calls(ids: Identities, users: int) -> CallBuilder:
+    payload = progress_pb2.ListUserProgressRequest(
+        progress_type="sign_learned", limit=10
+    ).SerializeToString()
+
+    def build(_run: int, count: int) -> list[Call]:
+        rng = random.Random(7)
+        return [
+            Call(PROGRESS + "ListUserProgress", payload, ids.of(rng.randrange(users)))
+            for _ in range(count)
+        ]
+
+    return build
+
+
+def upsert_calls(ids: Identities, users: int, items: int) -> CallBuilder:
+    """Random items over many users; each run gets its own item names, so every target sees
+    the same mix of inserts and updates."""
+
+    def build(run: int, count: int) -> list[Call]:
+        rng = random.Random(11)
+        calls = []
+        for _ in range(count):
+            request = progress_pb2.UpsertUserProgressRequest(
+                data=progress_pb2.UserProgressInput(
+                    progress_type="sign_learned",
+                    item_id=f"run{run}-item-{rng.randrange(items)}",
+                    value="learned",
+                    score=rng.randrange(100),
+                )
+            )
+            calls.append(
+                Call(
+                    PROGRESS + "UpsertUserProgress",
+                    request.SerializeToString(),
+                    ids.of(rng.randrange(users)),
+                )
+            )
+        return calls
+
+    return build
+
+
+class Bench:
+    def __init__(self, options: Options, servers: list[Server]) -> None:
+        self.options = options
+        self.servers = servers
+        self.records: list[Record] = []
+        self._runs = 0
+
+    async def measure(self, case: str, server: Server, build: CallBuilder, rnd: int) -> Record:
+        o = self.options
+        self._runs += 1
+        calls = build(self._runs, o.warmup + o.requests)
+        async with LoadGenerator(
+            server.addr, channels=o.channels, concurrency=o.concurrency
+        ) as gen:
+            await gen.run(calls[: o.warmup])
+            cpu0, client0 = server.cpu_seconds(), time.process_time()
+            result = await gen.run(calls[o.warmup :])
+            cpu = server.cpu_seconds() - cpu0
+            client = time.process_time() - client0
+        record = Record(
+            case=case,
+            target=server.target.name,
+            round=rnd,
+            requests=result.requests,
+            errors=result.errors,
+            rps=round(result.rps, 1),
+            p50_ms=round(result.p50_ms, 3),
+            p99_ms=round(result.p99_ms, 3),
+            mean_ms=round(result.mean_ms, 3),
+            server_cpu_s=round(cpu, 3),
+            server_cpu_us_per_req=round(cpu / result.requests * 1e6, 1),
+            client_cpu_s=round(client, 3),
+        )
+        self.records.append(record)
+        print(
+            f"  {case:<22} {record.target:<18} round {rnd}: {record.rps:8.1f} rps"
+            f"  p50 {record.p50_ms:7.2f} ms  p99 {record.p99_ms:7.2f} ms"
+            f"  cpu {record.server_cpu_us_per_req:7.1f} us/req"
+            f"  errors {sum(result.errors.values())}",
+            flush=True,
+        )
+        return record
+
+    async def case(self, name: str, build: CallBuilder) -> None:
+        """Every target once per round; the order rotates so none always goes first."""
+        for rnd in range(self.options.rounds):
+            shift = rnd % len(self.servers)
+            for server in self.servers[shift:] + self.servers[:shift]:
+                await self.measure(name, server, build, rnd)
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return round(value / base, 3) if base else None
+
+
+def summarise(records: list[Record]) -> list[dict[str, Any]]:
+    """Medians over rounds per (case, target), with ratios to the baseline of the same case."""
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.case, r.target), []).append(r)
+    rows: list[dict[str, Any]] = []
+    for (case, target), rs in groups.items():
+        rows.append(
+            {
+                "case": case,
+                "target": target,
+                "rounds": len(rs),
+                "rps": round(statistics.median(r.rps for r in rs), 1),
+                "p50_ms": round(statistics.median(r.p50_ms for r in rs), 3),
+                "p99_ms": round(statistics.median(r.p99_ms for r in rs), 3),
+                "cpu_us_per_req": round(statistics.median(r.server_cpu_us_per_req for r in rs), 1),
+                "errors": sum(sum(r.errors.values()) for r in rs),
+            }
+        )
+    base = {row["case"]: row for row in rows if row["target"] == "baseline"}
+    for row in rows:
+        b = base.get(row["case"])
+        row["rps_vs_baseline"] = round(row["rps"] / b["rps"], 3) if b and b["rps"] else None
+        row["p99_vs_baseline"] = (
+            round(row["p99_ms"] / b["p99_ms"], 3) if b and b["p99_ms"] else None
+        )
+    return rows
+
+
+def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets for the WORKERS=1 service, each with its measured value."""
+    by = {(r["case"], r["target"]): r for r in summary}
+    checks = []
+
+    def add(name: str, value: float | None, limit: float, at_least: bool) -> None:
+        met = value is not None and (value >= limit if at_least else value <= limit)
+        checks.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    for case in ("progress.upsert", "progress.list@1M"):
+        row = by.get((case, "service"))
+        if row:
+            add(f"{case} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
+            add(f"{case} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
+    big, small = by.get(("progress.list@1M", "service")), by.get(("progress.list@10k", "service"))
+    if big and small and small["p50_ms"]:
+        add("list p50 at 1M / p50 at 10k", round(big["p50_ms"] / small["p50_ms"], 3), 1.5, False)
+    for row in summary:
+        if row["case"].startswith("ay.") and row["target"] == "service":
+            add(f"{row['case']} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
+            add(f"{row['case']} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
+    return checks
+
+
+def print_table(summary: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    head = f"{'case':<22} {'target':<18} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    head += f" {'cpu us/req':>10} {'rps/base':>8} {'p99/base':>8} {'errors':>6}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in summary:
+        print(
+            f"{r['case']:<22} {r['target']:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
+            f" {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['rps_vs_baseline'] or 0:>8.3f}"
+            f" {r['p99_vs_baseline'] or 0:>8.3f} {r['errors']:>6}"
+        )
+    print()
+    for c in checks:
+        limit = (">= " if "rps" in c["target"] else "<= ") + str(c["limit"])
+        print(f"{'met    ' if c['met'] else 'NOT met'}  {c['target']}: {c['value']} ({limit})")
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+async def machine(dsn: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        pg = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "postgresql": pg,
+        "python": platform.python_version(),
+    }
+
+
+def service_targets(options: Options, sa_url: str) -> list[Target]:
+    env = {"DATABASE_URL": sa_url, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", "WORKERS": "1"}
+    command = ("-m", "progress_service", "serve")
+    targets = [Target("service", command, env)]
+    if options.workers2:
+        targets.append(Target("service-workers2", command, {**env, "WORKERS": "2"}))
+    for name, source, extra in options.variants:
+        targets.append(Target(name, command, {**env, **extra}, source or REPO_ROOT))
+    return targets
+
+
+async def run(options: Options) -> dict[str, Any]:
+    base = make_url(
+        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
+    )
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = base.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        hide_password=False
+    )
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    servers: list[Server] = []
+    try:
+        return await _run_in(options, dsn, sa_url, servers)
+    finally:
+        for server in servers:
+            server.stop()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]) -> dict[str, Any]:
+    from progress_service.app import DEFINITION as PROGRESS_DEF
+
+    o = options
+    started = time.perf_counter()
+    await asyncio.to_thread(
+        upgrade, sa_url, PROGRESS_DEF.migrations_dir, PROGRESS_DEF.version_table
+    )
+    await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
+    small_rows = await data.count_rows(dsn, "user_progress")
+    logs = o.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    baseline = Target("baseline", ("-m", "bench.baseline", "--dsn", dsn, "--pool-size", "10"))
+    for target in [baseline, *service_targets(o, sa_url)]:
+        servers.append(Server(target, logs))
+    await asyncio.gather(*(s.wait_ready() for s in servers))
+    bench = Bench(o, servers)
+    ids = Identities()
+    print(f"list on {small_rows} rows", flush=True)
+    await bench.case("progress.list@10k", list_calls(ids, o.list_users))
+    await data.seed_progress(dsn, o.list_users, o.big_users, o.rows_per_user)
+    big_rows = await data.count_rows(dsn, "user_progress")
+    print(f"list on {big_rows} rows", flush=True)
+    await bench.case("progress.list@1M", list_calls(ids, o.list_users))
+    await bench.case("progress.upsert", upsert_calls(ids, o.upsert_users, o.upsert_items))
+    summary = summarise(bench.records)
+    checks = check_targets(summary)
+    return {
+        "machine": await machine(dsn),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+        | {"small_table_rows": small_rows, "big_table_rows": big_rows},
+        "seconds": round(time.perf_counter() - started, 1),
+        "runs": [asdict(r) for r in bench.records],
+        "summary": summary,
+        "targets": checks,
+    }
+
+
+def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
+    """`name[@source_dir][:KEY=VALUE,...]`: another service build or setting to compare."""
+    head, _, settings = text.partition(":")
+    name, _, source = head.partition("@")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, Path(source) if source else None, env
+
+
+def parse_options(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small counts: checks the harness only")
+    p.add_argument("--rounds", type=int, help="rounds per case (targets alternate in each)")
+    p.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
+    p.add_argument("--channels", type=int, default=4, help="client connections")
+    p.add_argument("--requests", type=int, help="measured requests per target and round")
+    p.add_argument("--no-workers2", action="store_true", help="skip the WORKERS=2 service")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=_variant,
+        help="extra service target: name[@source_dir][:KEY=VALUE,...]",
+    )
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
+    a = p.parse_args(argv)
+    if a.quick:
+        sizes = {
+            "rounds": 1,
+            "requests": 200,
+            "warmup": 20,
+            "list_users": 4,
+            "rows_per_user": 50,
+            "big_users": 20,
+            "upsert_users": 20,
+            "upsert_items": 20,
+        }
+    else:
+        sizes = {
+            "rounds": 3,
+            "requests": 4000,
+            "warmup": 400,
+            "list_users": 10,
+            "rows_per_user": 1000,
+            "big_users": 1000,
+            "upsert_users": 1000,
+            "upsert_items": 200,
+        }
+    sizes["rounds"] = a.rounds or sizes["rounds"]
+    sizes["requests"] = a.requests or sizes["requests"]
+    return Options(
+        quick=a.quick,
+        concurrency=a.concurrency,
+        channels=a.channels,
+        workers2=not (a.no_workers2 or a.quick),
+        variants=tuple(a.variant),
+        out=a.out,
+        **sizes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    options.out.mkdir(parents=True, exist_ok=True)
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(run(options))
+    else:
+        result = uvloop.run(run(options))
+    print_table(result["summary"], result["targets"])
+    path = options.out / "results.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    return 0 if not any(r["errors"] for r in result["summary"]) else 1
