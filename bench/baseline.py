@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import signal
 import uuid
 from collections.abc import Callable, Sequence
@@ -158,8 +159,15 @@ def register_progress(server: aio.Server, pool: asyncpg.Pool) -> None:
 REGISTRARS: list[Registrar] = [register_progress]
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def serve(addr: str, dsn: str, pool_size: int) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    # No reset query on release: the services' pool sends none either.
+    pool = await asyncpg.create_pool(
+        dsn, min_size=pool_size, max_size=pool_size, reset=_keep_session
+    )
     server = aio.server()
     for register in REGISTRARS:
         register(server, pool)
@@ -179,9 +187,9 @@ def main() -> None:
     parser.add_argument("--addr", required=True)
     parser.add_argument("--dsn", required=True, help="a plain postgresql:// DSN")
     parser.add_argument("--pool-size", type=int, default=10)
-    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    if args.uvloop:
+    # The same loop rule as the services (UVLOOP=0 turns it off), so only the code path differs.
+    if os.environ.get("UVLOOP", "1") != "0":
         import uvloop
 
         uvloop.run(serve(args.addr, args.dsn, args.pool_size))

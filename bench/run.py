@@ -46,6 +46,7 @@ class Options:
     upsert_items: int
     workers2: bool
     variants: tuple[tuple[str, Path | None, dict[str, str]], ...]
+    cases: tuple[str, ...]
     out: Path
 
 
@@ -176,6 +177,8 @@ class Bench:
 
     async def case(self, name: str, build: CallBuilder) -> None:
         """Every target once per round; the order rotates so none always goes first."""
+        if self.options.cases and not name.startswith(self.options.cases):
+            return
         for rnd in range(self.options.rounds):
             shift = rnd % len(self.servers)
             for server in self.servers[shift:] + self.servers[:shift]:
@@ -364,6 +367,7 @@ def parse_options(argv: list[str] | None) -> Options:
     p.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     p.add_argument("--channels", type=int, default=4, help="client connections")
     p.add_argument("--requests", type=int, help="measured requests per target and round")
+    p.add_argument("--cases", help="comma-separated case name prefixes to run (default all)")
     p.add_argument("--no-workers2", action="store_true", help="skip the WORKERS=2 service")
     p.add_argument(
         "--variant",
@@ -404,6 +408,7 @@ def parse_options(argv: list[str] | None) -> Options:
         channels=a.channels,
         workers2=not (a.no_workers2 or a.quick),
         variants=tuple(a.variant),
+        cases=tuple(a.cases.split(",")) if a.cases else (),
         out=a.out,
         **sizes,
     )

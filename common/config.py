@@ -52,6 +52,7 @@ class Settings:
     tls: TlsSettings | None = None
     grace_seconds: float = 10.0
     max_message_bytes: int = 8 * 1024 * 1024
+    uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
 
     @property
     def is_sqlite(self) -> bool:
@@ -146,4 +147,5 @@ def load_settings(
         log_format=log_format,
         tls=_tls(env),
         grace_seconds=grace,
+        uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import signal
@@ -10,12 +9,12 @@ from types import FrameType
 
 from common.config import Settings
 from common.logs import setup_logging
-from common.server import ServiceDefinition, serve
+from common.server import ServiceDefinition, run_loop, serve
 
 
 def _worker(definition: ServiceDefinition, settings: Settings) -> None:
     setup_logging(settings.log_format)
-    asyncio.run(serve(definition, settings))
+    run_loop(serve(definition, settings), settings)
 
 
 def run_workers(definition: ServiceDefinition, settings: Settings) -> int:
