@@ -425,6 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(run(options))
     print_table(result["summary"], result["targets"])
     path = options.out / "results.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")
     return 0 if not any(r["errors"] for r in result["summary"]) else 1
