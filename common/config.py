@@ -53,6 +53,8 @@ class Settings:
     grace_seconds: float = 10.0
     max_message_bytes: int = 8 * 1024 * 1024
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
+    db_pool_size: int = 10
+    db_max_overflow: int = 0  # overflow connections are closed on return: churn under load
 
     @property
     def is_sqlite(self) -> bool:
@@ -133,10 +135,14 @@ def load_settings(
     try:
         workers = int(env.get("WORKERS", "1"))
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
+        pool_size = int(env.get("DB_POOL_SIZE", "10"))
+        max_overflow = int(env.get("DB_MAX_OVERFLOW", "0"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
     if workers < 1:
         raise ConfigError("WORKERS must be at least 1")
+    if pool_size < 1 or max_overflow < 0:
+        raise ConfigError("DB_POOL_SIZE must be at least 1 and DB_MAX_OVERFLOW at least 0")
     return Settings(
         service=service,
         database_url=_opt(env, "DATABASE_URL") or default_sqlite_url(service),
@@ -147,5 +153,7 @@ def load_settings(
         log_format=log_format,
         tls=_tls(env),
         grace_seconds=grace,
+        db_pool_size=pool_size,
+        db_max_overflow=max_overflow,
         uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )

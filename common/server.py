@@ -68,6 +68,14 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def database(settings: Settings) -> Database:
+    return Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+
+
 async def start_server(
     definition: ServiceDefinition,
     settings: Settings,
@@ -76,7 +84,7 @@ async def start_server(
     observers: Sequence[RpcObserver] = (),
 ) -> RunningServer:
     """Build, bind and start the server; the caller owns shutdown."""
-    db = db or Database(settings.database_url)
+    db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -131,7 +139,7 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
 
 async def serve(definition: ServiceDefinition, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
-    db = Database(settings.database_url)
+    db = database(settings)
     await wait_for_database(db)
     running = await start_server(definition, settings, db=db)
     log.info(
