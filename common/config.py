@@ -31,6 +31,9 @@ class JwtSettings:
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: int = 30
+    # Verified tokens are reused for a short while (TOKEN_CACHE_SIZE=0 turns this off).
+    cache_size: int = 1024
+    cache_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,7 @@ def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
             ) from exc
         if hasattr(key, "private_bytes"):
             raise ConfigError("JWT_PUBLIC_KEY_FILE holds a private key; give the public key only")
-        return JwtSettings(algorithm, key, issuer, audience, leeway)
+        return JwtSettings(algorithm, key, issuer, audience, leeway, _cache_size(env))
     if not secret:
         raise ConfigError(
             "no token key: set JWT_SECRET (HS256, at least 32 bytes) or "
@@ -108,7 +111,17 @@ def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
         raise ConfigError(f"JWT_SECRET goes with an HMAC JWT_ALGORITHM, not {algorithm}")
     if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
         raise ConfigError(f"JWT_SECRET is too weak: use at least {MIN_HMAC_SECRET_BYTES} bytes")
-    return JwtSettings(algorithm, secret.encode(), issuer, audience, leeway)
+    return JwtSettings(algorithm, secret.encode(), issuer, audience, leeway, _cache_size(env))
+
+
+def _cache_size(env: Mapping[str, str]) -> int:
+    try:
+        size = int(env.get("TOKEN_CACHE_SIZE", "1024"))
+    except ValueError as exc:
+        raise ConfigError(f"TOKEN_CACHE_SIZE is not a number: {exc}") from exc
+    if size < 0:
+        raise ConfigError("TOKEN_CACHE_SIZE must not be negative")
+    return size
 
 
 def _tls(env: Mapping[str, str]) -> TlsSettings | None:
