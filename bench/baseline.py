@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 from grpc import aio
 from progress.v1 import progress_pb2, progress_pb2_grpc
+
+from common.protoconv import timestamp
 
 Context = aio.ServicerContext[Any, Any]
 Registrar = Callable[[aio.Server, asyncpg.Pool], None]
@@ -65,12 +67,6 @@ def caller_ids(context: Context) -> tuple[str, str]:
     return str(found["x-bench-org"]), str(found["x-bench-user"])
 
 
-def ts(value: dt.datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def json_value(raw: str | None) -> struct_pb2.Value | None:
     if raw is None:
         return None
@@ -90,8 +86,8 @@ def progress_proto(row: Sequence[Any]) -> progress_pb2.UserProgress:
         organization_id=str(row[6]),
         campus_id=None if row[7] is None else str(row[7]),
         user_id=str(row[8]),
-        created_at=ts(row[9]),
-        updated_at=ts(row[10]),
+        created_at=timestamp(row[9]),
+        updated_at=timestamp(row[10]),
     )
 
 
@@ -156,7 +152,13 @@ def register_progress(server: aio.Server, pool: asyncpg.Pool) -> None:
     progress_pb2_grpc.add_UserProgressServiceServicer_to_server(ProgressBaseline(pool), server)
 
 
-REGISTRARS: list[Registrar] = [register_progress]
+def register_academic_years(server: aio.Server, pool: asyncpg.Pool) -> None:
+    from bench import baseline_ay
+
+    baseline_ay.register(server, pool, caller_ids)
+
+
+REGISTRARS: list[Registrar] = [register_progress, register_academic_years]
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

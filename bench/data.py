@@ -51,3 +51,56 @@ async def count_rows(dsn: str, table: str) -> int:
         return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
     finally:
         await conn.close()
+
+
+def ay_org_id(number: int) -> str:
+    return bench_uuid("ayorg", number)
+
+
+def ay_year_id(org: int, number: int) -> str:
+    return bench_uuid(f"year-{org}", number)
+
+
+_SEED_ORGS = """
+INSERT INTO organizations (id, name, "createdAt", "updatedAt")
+SELECT md5('bench-ayorg-' || o)::uuid, 'Organization ' || o, now(), now()
+FROM generate_series(0, $1::int - 1) AS o
+"""
+# $2 years in each of $1 organizations, named "Academic year <n>", one minute apart.
+_SEED_YEARS = """
+INSERT INTO academic_years (id, name, start_date, end_date, current, "organizationId",
+    "createdById", "updatedById", "createdAt", "updatedAt")
+SELECT md5('bench-year-' || o || '-' || i)::uuid, 'Academic year ' || i,
+    date '2000-09-01' + (i % 40) * 365, date '2001-06-30' + (i % 40) * 365, i = 0,
+    md5('bench-ayorg-' || o)::uuid, NULL, NULL,
+    now() - (i * interval '1 minute'), now() - (i * interval '1 minute')
+FROM generate_series(0, $1::int - 1) AS o, generate_series(0, $2::int - 1) AS i
+"""
+# The first $1 years of organization 0 get $2 rows of the reference table each.
+_SEED_REFERENCES = """
+INSERT INTO {table} (id, name, "academic_yearId", "organizationId")
+SELECT gen_random_uuid(), '{label} ' || c, md5('bench-year-0-' || i)::uuid,
+    md5('bench-ayorg-0')::uuid
+FROM generate_series(0, $1::int - 1) AS i, generate_series(1, $2::int) AS c
+"""
+
+
+async def seed_academic_years(
+    dsn: str, organizations: int, years: int, with_refs: int, classes: int, timetables: int
+) -> None:
+    """`years` academic years in each organization; the first `with_refs` of organization 0
+    have `classes` classes and `timetables` timetables."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_SEED_ORGS, organizations)
+        await conn.execute(_SEED_YEARS, organizations, years)
+        for table, label, per_year in (
+            ("classes", "Class", classes),
+            ("timetables", "Slot", timetables),
+        ):
+            await conn.execute(
+                _SEED_REFERENCES.format(table=table, label=label), with_refs, per_year
+            )
+        await conn.execute("VACUUM ANALYZE academic_years, classes, timetables, organizations")
+    finally:
+        await conn.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from academic_years.v1 import academic_years_pb2 as pb_ay
 from progress.v1 import progress_pb2
 from sqlalchemy import make_url
 
@@ -29,6 +30,8 @@ from common.token import mint
 SECRET = "bench-secret-" + "s" * 40
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROGRESS = "/progress.v1.UserProgressService/"
+ACADEMIC_YEARS = "/academic_years.v1.AcademicYearsService/"
+AY_PERMISSIONS = ["READ_ACADEMIC_YEARS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class Options:
     big_users: int  # users in the big table (big_users * rows_per_user rows)
     upsert_users: int
     upsert_items: int
+    ay_years: int  # academic years in each of two organizations
+    ay_with_refs: int  # years of organization 0 that have classes and timetables
     workers2: bool
     variants: tuple[tuple[str, Path | None, dict[str, str]], ...]
     cases: tuple[str, ...]
@@ -70,13 +75,17 @@ class Record:
 class Identities:
     """Per-user call metadata: the bearer token for the services, plain ids for the baseline."""
 
+    org_of: Callable[[int], str] = data.user_org_id
+    permissions: list[str] = field(default_factory=list)
     metadata: dict[int, Metadata] = field(default_factory=dict)
 
     def of(self, user: int) -> Metadata:
         found = self.metadata.get(user)
         if found is None:
-            uid, org = data.user_id(user), data.user_org_id(user)
-            token = mint(SECRET, sub=uid, org=org, ttl_seconds=6 * 3600)
+            uid, org = data.user_id(user), self.org_of(user)
+            token = mint(
+                SECRET, sub=uid, org=org, permissions=self.permissions, ttl_seconds=6 * 3600
+            )
             found = (
                 ("authorization", f"Bearer {token}"),
                 ("x-bench-org", org),
@@ -132,14 +141,56 @@ def upsert_calls(ids: Identities, users: int, items: int) -> CallBuilder:
     return build
 
 
+def ay_list_calls(ids: Identities) -> CallBuilder:
+    """A name filter that matches about one year in ninety, first page, with its count."""
+
+    def build(_run: int, count: int) -> list[Call]:
+        rng = random.Random(13)
+        calls = []
+        for _ in range(count):
+            request = pb_ay.ListAcademicYearsRequest(
+                name=f"year {rng.randrange(10, 100)}", limit=10
+            )
+            calls.append(
+                Call(
+                    ACADEMIC_YEARS + "ListAcademicYears",
+                    request.SerializeToString(),
+                    ids.of(rng.randrange(100)),
+                )
+            )
+        return calls
+
+    return build
+
+
+def ay_get_calls(ids: Identities, with_refs: int) -> CallBuilder:
+    def build(_run: int, count: int) -> list[Call]:
+        rng = random.Random(17)
+        calls = []
+        for _ in range(count):
+            year = data.ay_year_id(0, rng.randrange(with_refs))
+            calls.append(
+                Call(
+                    ACADEMIC_YEARS + "GetAcademicYear",
+                    pb_ay.GetAcademicYearRequest(id=year).SerializeToString(),
+                    ids.of(rng.randrange(100)),
+                )
+            )
+        return calls
+
+    return build
+
+
 class Bench:
-    def __init__(self, options: Options, servers: list[Server]) -> None:
+    def __init__(self, options: Options, targets: dict[str, dict[str, Server]]) -> None:
         self.options = options
-        self.servers = servers
+        self.targets = targets  # target name -> service ("progress", "ay") -> its server
         self.records: list[Record] = []
         self._runs = 0
 
-    async def measure(self, case: str, server: Server, build: CallBuilder, rnd: int) -> Record:
+    async def measure(
+        self, case: str, target: str, server: Server, build: CallBuilder, rnd: int
+    ) -> Record:
         o = self.options
         self._runs += 1
         calls = build(self._runs, o.warmup + o.requests)
@@ -153,7 +204,7 @@ class Bench:
             client = time.process_time() - client0
         record = Record(
             case=case,
-            target=server.target.name,
+            target=target,
             round=rnd,
             requests=result.requests,
             errors=result.errors,
@@ -175,14 +226,15 @@ class Bench:
         )
         return record
 
-    async def case(self, name: str, build: CallBuilder) -> None:
+    async def case(self, name: str, service: str, build: CallBuilder) -> None:
         """Every target once per round; the order rotates so none always goes first."""
         if self.options.cases and not name.startswith(self.options.cases):
             return
         for rnd in range(self.options.rounds):
-            shift = rnd % len(self.servers)
-            for server in self.servers[shift:] + self.servers[:shift]:
-                await self.measure(name, server, build, rnd)
+            names = list(self.targets)
+            shift = rnd % len(names)
+            for target in names[shift:] + names[:shift]:
+                await self.measure(name, target, self.targets[target][service], build, rnd)
 
 
 def _ratio(value: float, base: float) -> float | None:
@@ -281,15 +333,27 @@ async def machine(dsn: str) -> dict[str, Any]:
     }
 
 
-def service_targets(options: Options, sa_url: str) -> list[Target]:
+SERVICES = {"progress": "progress_service", "ay": "academic_years_service"}
+
+
+def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, Target]]]:
+    """Each service target is one process per service, as deployed."""
     env = {"DATABASE_URL": sa_url, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", "WORKERS": "1"}
-    command = ("-m", "progress_service", "serve")
-    targets = [Target("service", command, env)]
+    variants: list[tuple[str, Path, dict[str, str]]] = [("service", REPO_ROOT, env)]
     if options.workers2:
-        targets.append(Target("service-workers2", command, {**env, "WORKERS": "2"}))
+        variants.append(("service-workers2", REPO_ROOT, {**env, "WORKERS": "2"}))
     for name, source, extra in options.variants:
-        targets.append(Target(name, command, {**env, **extra}, source or REPO_ROOT))
-    return targets
+        variants.append((name, source or REPO_ROOT, {**env, **extra}))
+    return [
+        (
+            name,
+            {
+                kind: Target(f"{name}-{kind}", ("-m", module, "serve"), venv, source)
+                for kind, module in SERVICES.items()
+            },
+        )
+        for name, source, venv in variants
+    ]
 
 
 async def run(options: Options) -> dict[str, Any]:
@@ -315,30 +379,43 @@ async def run(options: Options) -> dict[str, Any]:
 
 
 async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]) -> dict[str, Any]:
+    from academic_years_service.app import DEFINITION as AY_DEF
     from progress_service.app import DEFINITION as PROGRESS_DEF
 
     o = options
     started = time.perf_counter()
-    await asyncio.to_thread(
-        upgrade, sa_url, PROGRESS_DEF.migrations_dir, PROGRESS_DEF.version_table
-    )
+    for definition in (PROGRESS_DEF, AY_DEF):
+        await asyncio.to_thread(
+            upgrade, sa_url, definition.migrations_dir, definition.version_table
+        )
+    await data.seed_academic_years(dsn, 2, o.ay_years, o.ay_with_refs, 5, 3)
     await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
     small_rows = await data.count_rows(dsn, "user_progress")
     logs = o.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    baseline = Target("baseline", ("-m", "bench.baseline", "--dsn", dsn, "--pool-size", "10"))
-    for target in [baseline, *service_targets(o, sa_url)]:
-        servers.append(Server(target, logs))
+    baseline = Server(
+        Target("baseline", ("-m", "bench.baseline", "--dsn", dsn, "--pool-size", "10")), logs
+    )
+    servers.append(baseline)
+    targets = {"baseline": {kind: baseline for kind in SERVICES}}
+    for name, by_kind in service_targets(o, sa_url):
+        targets[name] = {kind: Server(target, logs) for kind, target in by_kind.items()}
+        servers.extend(targets[name].values())
     await asyncio.gather(*(s.wait_ready() for s in servers))
-    bench = Bench(o, servers)
+    bench = Bench(o, targets)
     ids = Identities()
     print(f"list on {small_rows} rows", flush=True)
-    await bench.case("progress.list@10k", list_calls(ids, o.list_users))
+    await bench.case("progress.list@10k", "progress", list_calls(ids, o.list_users))
     await data.seed_progress(dsn, o.list_users, o.big_users, o.rows_per_user)
     big_rows = await data.count_rows(dsn, "user_progress")
     print(f"list on {big_rows} rows", flush=True)
-    await bench.case("progress.list@1M", list_calls(ids, o.list_users))
-    await bench.case("progress.upsert", upsert_calls(ids, o.upsert_users, o.upsert_items))
+    await bench.case("progress.list@1M", "progress", list_calls(ids, o.list_users))
+    await bench.case(
+        "progress.upsert", "progress", upsert_calls(ids, o.upsert_users, o.upsert_items)
+    )
+    ay_ids = Identities(org_of=lambda _user: data.ay_org_id(0), permissions=AY_PERMISSIONS)
+    await bench.case("ay.list-name-filter", "ay", ay_list_calls(ay_ids))
+    await bench.case("ay.get-associations", "ay", ay_get_calls(ay_ids, o.ay_with_refs))
     summary = summarise(bench.records)
     checks = check_targets(summary)
     return {
@@ -388,6 +465,8 @@ def parse_options(argv: list[str] | None) -> Options:
             "big_users": 20,
             "upsert_users": 20,
             "upsert_items": 20,
+            "ay_years": 200,
+            "ay_with_refs": 10,
         }
     else:
         sizes = {
@@ -399,6 +478,8 @@ def parse_options(argv: list[str] | None) -> Options:
             "big_users": 1000,
             "upsert_users": 1000,
             "upsert_items": 200,
+            "ay_years": 10_000,
+            "ay_with_refs": 100,
         }
     sizes["rounds"] = a.rounds or sizes["rounds"]
     sizes["requests"] = a.requests or sizes["requests"]

@@ -30,6 +30,7 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(tmp_path: Pat
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "results.json").read_text())
     cases = {"progress.list@10k", "progress.list@1M", "progress.upsert"}
+    cases |= {"ay.list-name-filter", "ay.get-associations"}
     pairs = {(row["case"], row["target"]) for row in result["summary"]}
     assert pairs >= {(case, target) for case in cases for target in ("baseline", "service")}
     for run in result["runs"]:
