@@ -198,17 +198,19 @@ class ErrorInterceptor(_CachingInterceptor):
         if not log.isEnabledFor(logging.INFO):
             return
         principal = peek_principal()
-        log.info(
-            "rpc",
-            extra={
-                "method": method,
-                "code": code.name,
-                "reason": reason,
-                "duration_ms": round(elapsed * 1000, 3),
-                "request_id": request_id,
-                "user_id": principal.user_id if principal else None,
-                "organization_id": principal.organization_id if principal else None,
-            },
+        extra = {
+            "method": method,
+            "code": code.name,
+            "reason": reason,
+            "duration_ms": round(elapsed * 1000, 3),
+            "request_id": request_id,
+            "user_id": principal.user_id if principal else None,
+            "organization_id": principal.organization_id if principal else None,
+        }
+        # The record is built directly: `log.info` would walk the stack for a caller's file and
+        # line that no formatter prints, on every RPC.
+        log.handle(
+            log.makeRecord(log.name, logging.INFO, __file__, 0, "rpc", (), None, extra=extra)
         )
 
 
