@@ -105,3 +105,21 @@ class LoadGenerator:
             p99_ms=percentile(latencies, 0.99) * 1000,
             mean_ms=(sum(latencies) / len(latencies) * 1000) if latencies else 0.0,
         )
+
+
+@dataclass
+class Record:
+    """One target's result for one case in one round, as results.json stores it."""
+
+    case: str
+    target: str
+    round: int
+    requests: int
+    errors: dict[str, int]
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    server_cpu_s: float
+    server_cpu_us_per_req: float
+    client_cpu_s: float

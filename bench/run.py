@@ -7,31 +7,32 @@ import asyncio
 import json
 import os
 import platform
-import random
-import statistics
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from academic_years.v1 import academic_years_pb2 as pb_ay
-from progress.v1 import progress_pb2
 from sqlalchemy import make_url
 
 from bench import data
-from bench.load import Call, LoadGenerator, Metadata
+from bench.cases import (
+    AY_PERMISSIONS,
+    SECRET,
+    CallBuilder,
+    Identities,
+    ay_get_calls,
+    ay_list_calls,
+    list_calls,
+    upsert_calls,
+)
+from bench.load import LoadGenerator, Record
+from bench.report import check_targets, print_table, summarise
 from bench.servers import REPO_ROOT, Server, Target
 from common.migrations import upgrade
-from common.token import mint
 
-SECRET = "bench-secret-" + "s" * 40
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-PROGRESS = "/progress.v1.UserProgressService/"
-ACADEMIC_YEARS = "/academic_years.v1.AcademicYearsService/"
-AY_PERMISSIONS = ["READ_ACADEMIC_YEARS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,132 +54,6 @@ class Options:
     variants: tuple[tuple[str, Path | None, dict[str, str]], ...]
     cases: tuple[str, ...]
     out: Path
-
-
-@dataclass
-class Record:
-    case: str
-    target: str
-    round: int
-    requests: int
-    errors: dict[str, int]
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-    server_cpu_s: float
-    server_cpu_us_per_req: float
-    client_cpu_s: float
-
-
-@dataclass
-class Identities:
-    """Per-user call metadata: the bearer token for the services, plain ids for the baseline."""
-
-    org_of: Callable[[int], str] = data.user_org_id
-    permissions: list[str] = field(default_factory=list)
-    metadata: dict[int, Metadata] = field(default_factory=dict)
-
-    def of(self, user: int) -> Metadata:
-        found = self.metadata.get(user)
-        if found is None:
-            uid, org = data.user_id(user), self.org_of(user)
-            token = mint(
-                SECRET, sub=uid, org=org, permissions=self.permissions, ttl_seconds=6 * 3600
-            )
-            found = (
-                ("authorization", f"Bearer {token}"),
-                ("x-bench-org", org),
-                ("x-bench-user", uid),
-            )
-            self.metadata[user] = found
-        return found
-
-
-CallBuilder = Callable[[int, int], list[Call]]
-
-
-def list_calls(ids: Identities, users: int) -> CallBuilder:
-    payload = progress_pb2.ListUserProgressRequest(
-        progress_type="sign_learned", limit=10
-    ).SerializeToString()
-
-    def build(_run: int, count: int) -> list[Call]:
-        rng = random.Random(7)
-        return [
-            Call(PROGRESS + "ListUserProgress", payload, ids.of(rng.randrange(users)))
-            for _ in range(count)
-        ]
-
-    return build
-
-
-def upsert_calls(ids: Identities, users: int, items: int) -> CallBuilder:
-    """Random items over many users; each run gets its own item names, so every target sees
-    the same mix of inserts and updates."""
-
-    def build(run: int, count: int) -> list[Call]:
-        rng = random.Random(11)
-        calls = []
-        for _ in range(count):
-            request = progress_pb2.UpsertUserProgressRequest(
-                data=progress_pb2.UserProgressInput(
-                    progress_type="sign_learned",
-                    item_id=f"run{run}-item-{rng.randrange(items)}",
-                    value="learned",
-                    score=rng.randrange(100),
-                )
-            )
-            calls.append(
-                Call(
-                    PROGRESS + "UpsertUserProgress",
-                    request.SerializeToString(),
-                    ids.of(rng.randrange(users)),
-                )
-            )
-        return calls
-
-    return build
-
-
-def ay_list_calls(ids: Identities) -> CallBuilder:
-    """A name filter that matches about one year in ninety, first page, with its count."""
-
-    def build(_run: int, count: int) -> list[Call]:
-        rng = random.Random(13)
-        calls = []
-        for _ in range(count):
-            request = pb_ay.ListAcademicYearsRequest(
-                name=f"year {rng.randrange(10, 100)}", limit=10
-            )
-            calls.append(
-                Call(
-                    ACADEMIC_YEARS + "ListAcademicYears",
-                    request.SerializeToString(),
-                    ids.of(rng.randrange(100)),
-                )
-            )
-        return calls
-
-    return build
-
-
-def ay_get_calls(ids: Identities, with_refs: int) -> CallBuilder:
-    def build(_run: int, count: int) -> list[Call]:
-        rng = random.Random(17)
-        calls = []
-        for _ in range(count):
-            year = data.ay_year_id(0, rng.randrange(with_refs))
-            calls.append(
-                Call(
-                    ACADEMIC_YEARS + "GetAcademicYear",
-                    pb_ay.GetAcademicYearRequest(id=year).SerializeToString(),
-                    ids.of(rng.randrange(100)),
-                )
-            )
-        return calls
-
-    return build
 
 
 class Bench:
@@ -235,79 +110,6 @@ class Bench:
             shift = rnd % len(names)
             for target in names[shift:] + names[:shift]:
                 await self.measure(name, target, self.targets[target][service], build, rnd)
-
-
-def _ratio(value: float, base: float) -> float | None:
-    return round(value / base, 3) if base else None
-
-
-def summarise(records: list[Record]) -> list[dict[str, Any]]:
-    """Medians over rounds per (case, target), with ratios to the baseline of the same case."""
-    groups: dict[tuple[str, str], list[Record]] = {}
-    for r in records:
-        groups.setdefault((r.case, r.target), []).append(r)
-    rows: list[dict[str, Any]] = []
-    for (case, target), rs in groups.items():
-        rows.append(
-            {
-                "case": case,
-                "target": target,
-                "rounds": len(rs),
-                "rps": round(statistics.median(r.rps for r in rs), 1),
-                "p50_ms": round(statistics.median(r.p50_ms for r in rs), 3),
-                "p99_ms": round(statistics.median(r.p99_ms for r in rs), 3),
-                "cpu_us_per_req": round(statistics.median(r.server_cpu_us_per_req for r in rs), 1),
-                "errors": sum(sum(r.errors.values()) for r in rs),
-            }
-        )
-    base = {row["case"]: row for row in rows if row["target"] == "baseline"}
-    for row in rows:
-        b = base.get(row["case"])
-        row["rps_vs_baseline"] = round(row["rps"] / b["rps"], 3) if b and b["rps"] else None
-        row["p99_vs_baseline"] = (
-            round(row["p99_ms"] / b["p99_ms"], 3) if b and b["p99_ms"] else None
-        )
-    return rows
-
-
-def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets for the WORKERS=1 service, each with its measured value."""
-    by = {(r["case"], r["target"]): r for r in summary}
-    checks = []
-
-    def add(name: str, value: float | None, limit: float, at_least: bool) -> None:
-        met = value is not None and (value >= limit if at_least else value <= limit)
-        checks.append({"target": name, "value": value, "limit": limit, "met": met})
-
-    for case in ("progress.upsert", "progress.list@1M"):
-        row = by.get((case, "service"))
-        if row:
-            add(f"{case} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
-            add(f"{case} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
-    big, small = by.get(("progress.list@1M", "service")), by.get(("progress.list@10k", "service"))
-    if big and small and small["p50_ms"]:
-        add("list p50 at 1M / p50 at 10k", round(big["p50_ms"] / small["p50_ms"], 3), 1.5, False)
-    for row in summary:
-        if row["case"].startswith("ay.") and row["target"] == "service":
-            add(f"{row['case']} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
-            add(f"{row['case']} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
-    return checks
-
-
-def print_table(summary: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
-    head = f"{'case':<22} {'target':<18} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
-    head += f" {'cpu us/req':>10} {'rps/base':>8} {'p99/base':>8} {'errors':>6}"
-    print("\n" + head + "\n" + "-" * len(head))
-    for r in summary:
-        print(
-            f"{r['case']:<22} {r['target']:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
-            f" {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['rps_vs_baseline'] or 0:>8.3f}"
-            f" {r['p99_vs_baseline'] or 0:>8.3f} {r['errors']:>6}"
-        )
-    print()
-    for c in checks:
-        limit = (">= " if "rps" in c["target"] else "<= ") + str(c["limit"])
-        print(f"{'met    ' if c['met'] else 'NOT met'}  {c['target']}: {c['value']} ({limit})")
 
 
 def cpu_model() -> str:
