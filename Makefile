@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 help:
 	@echo "make run      serve both services on the embedded SQLite default"
 	@echo "make test     run the whole suite (PostgreSQL tests when TEST_DATABASE_URL is set)"
-	@echo "make lint     ruff + mypy"
+	@echo "make lint     ruff + mypy + buf lint + buf breaking against main"
 	@echo "make protos   regenerate Python code from protos/"
 	@echo "make migrate  migrate both services' databases (DATABASE_URL or the SQLite default)"
 
@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(PY) scripts/buf_check.py
 
 fmt: install
 	$(BIN)/ruff format .
@@ -60,6 +61,13 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) gen var .pytest_cache .mypy_cache .ruff_cache
+
+# CSV import/export of 1M academic years through the service vs psql \copy, on a fresh
+# PostgreSQL database (BENCH_DATABASE_URL, default the local server). Not part of `make test`.
+# BENCH_ARGS="--rows 200000" for a quick run; "--flat-memory" adds a 2x run for the RSS check.
+.PHONY: bench-csv
+bench-csv: install
+	$(PY) bench/csv_bench.py $(BENCH_ARGS)
 
 .PHONY: bench
 # Services against the bare asyncpg baseline on PostgreSQL (BENCH_DATABASE_URL, TEST_DATABASE_URL

@@ -58,6 +58,8 @@ class Settings:
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
     db_max_overflow: int = 0  # overflow connections are closed on return: churn under load
+    # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
+    worker_index: int = 0
 
     @property
     def is_sqlite(self) -> bool:

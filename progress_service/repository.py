@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, Row, and_, bindparam, func, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Executable,
+    Integer,
+    Row,
+    Select,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import Principal
-from common.db import new_id, utcnow
+from common.csvstream import formula_safe
+from common.csvstream.staging import (
+    drop_staging,
+    random_uuid,
+    row_timestamp,
+    stage_rows,
+    staging_table,
+)
+from common.db import UUID_TYPE, new_id, upsert_insert, utcnow
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global, require_organization_id, require_user_id
 from progress_service.domain import UserProgress, UserProgressInput
@@ -39,14 +65,17 @@ def _to_domain(row: Row[Any] | Sequence[Any]) -> UserProgress:
 
 # Statements are built once, with bind parameters, for each shape a call can take: building
 # them per call (and hashing their cache keys) cost more than running them on the hot paths.
+def _owner_scope(user_id: Any, organization_id: Any) -> list[ColumnElement[bool]]:
+    """The caller's live rows: its own, in its organization unless it has global access."""
+    clauses = [t.c.userId == user_id, t.c.deletedAt.is_(None)]
+    if organization_id is not None:
+        clauses.append(t.c.organizationId == organization_id)
+    return clauses
+
+
 def _matching(with_org: bool, with_item: bool) -> ColumnElement[bool]:
-    clauses = [
-        t.c.userId == bindparam("b_user"),
-        t.c.deletedAt.is_(None),
-        t.c.progress_type == bindparam("b_type"),
-    ]
-    if with_org:
-        clauses.insert(2, t.c.organizationId == bindparam("b_org"))
+    clauses = _owner_scope(bindparam("b_user"), bindparam("b_org") if with_org else None)
+    clauses.append(t.c.progress_type == bindparam("b_type"))
     if with_item:
         clauses.append(t.c.item_id == bindparam("b_item"))
     return and_(*clauses)
@@ -128,7 +157,10 @@ class UserProgressRepository:
         self._user_id = require_user_id(principal)
         self._organization_id = get_organization_id_or_global(principal)
 
-    def _scope(self, progress_type: str) -> dict[str, Any]:
+    def _scope(self) -> ColumnElement[bool]:
+        return and_(*_owner_scope(self._user_id, self._organization_id))
+
+    def _binds(self, progress_type: str) -> dict[str, Any]:
         """Bind values for the caller's scope; the organization only when not global."""
         scope = {"b_user": self._user_id, "b_type": progress_type}
         if self._organization_id is not None:
@@ -162,7 +194,7 @@ class UserProgressRepository:
         self, progress_type: str, item_id: str | None, page: PageRequest
     ) -> tuple[list[UserProgress], int]:
         shape = (self._organization_id is not None, item_id is not None)
-        params = self._scope(progress_type)
+        params = self._binds(progress_type)
         if item_id is not None:
             params["b_item"] = item_id
         count = await self._conn.scalar(_count_statement(*shape), params)
@@ -172,7 +204,112 @@ class UserProgressRepository:
         return [_to_domain(row) for row in result], int(count or 0)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
-        params = self._scope(progress_type) | {"b_item": item_id, "b_now": utcnow()}
+        params = self._binds(progress_type) | {"b_item": item_id, "b_now": utcnow()}
         statement = _soft_delete_statement(self._organization_id is not None)
         result = await self._conn.execute(statement, params)
         return int(result.rowcount)
+
+    async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
+        """A staging table holding every row of the upload, in `CSV_COLUMNS` order."""
+        staging = staging_table(
+            self._conn,
+            Column("progress_type", Text),
+            Column("item_id", Text),
+            Column("value", Text),
+            Column("score", Integer),
+            Column("metadata", Text),
+        )
+        await stage_rows(self._conn, staging, batches)
+        return staging
+
+    async def apply_import(self, staging: Table) -> tuple[int, int]:
+        """Upserts the last staged row of each (type, item) in one statement; (created, updated)."""
+        s = staging.c
+        ranked = select(
+            s.row_index,
+            s.progress_type,
+            s.item_id,
+            s.value,
+            s.score,
+            s["metadata"],
+            func.row_number()
+            .over(partition_by=(s.progress_type, s.item_id), order_by=s.row_index.desc())
+            .label("rank"),
+        ).subquery("ranked")
+        latest = select(ranked).where(ranked.c.rank == 1).subquery("latest")
+        organization_id = require_organization_id(self._principal)
+        existing = await self._conn.scalar(
+            select(func.count())
+            .select_from(latest)
+            .join(
+                t,
+                and_(
+                    t.c.organizationId == organization_id,
+                    t.c.userId == self._user_id,
+                    t.c.deletedAt.is_(None),
+                    t.c.progress_type == cast(latest.c.progress_type, t.c.progress_type.type),
+                    t.c.item_id == latest.c.item_id,
+                ),
+            )
+        )
+        result = await self._conn.execute(self._upsert_from(latest, organization_id))
+        await drop_staging(self._conn, staging)
+        updated = int(existing or 0)
+        return int(result.rowcount) - updated, updated
+
+    def _upsert_from(self, latest: Any, organization_id: str) -> Any:
+        now, pg = utcnow(), self._conn.dialect.name == "postgresql"
+        metadata = cast(latest.c["metadata"], JSONB) if pg else latest.c["metadata"]
+        stamp = row_timestamp(self._conn, now, latest.c.row_index)
+        source = select(
+            random_uuid(self._conn),
+            cast(latest.c.progress_type, t.c.progress_type.type),
+            latest.c.item_id,
+            latest.c.value,
+            latest.c.score,
+            metadata,
+            literal(organization_id, UUID_TYPE),
+            literal(self._principal.campus_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            stamp,
+            stamp,
+        ).where(literal(True))
+        insert = upsert_insert(self._conn, t).from_select(
+            [
+                "id", "progress_type", "item_id", "value", "score", "metadata",
+                "organizationId", "campusId", "userId", "createdById", "updatedById",
+                "createdAt", "updatedAt",
+            ],
+            source,
+        )  # fmt: skip
+        excluded = insert.excluded
+        return insert.on_conflict_do_update(
+            index_elements=_CONFLICT_KEY,
+            index_where=t.c.deletedAt.is_(None),
+            set_={
+                "value": excluded.value,
+                "score": excluded.score,
+                "metadata": excluded["metadata"],
+                "campusId": excluded.campusId,
+                "updatedById": excluded.updatedById,
+                "updatedAt": excluded.updatedAt,
+            },
+        )
+
+    def export_statement(self, progress_type: str | None) -> Select[Any]:
+        where = self._scope()
+        if progress_type is not None:
+            where = and_(where, t.c.progress_type == progress_type)
+        return (
+            select(
+                type_coerce(t.c.progress_type, Text),
+                formula_safe(t.c.item_id),
+                formula_safe(t.c.value),
+                t.c.score,
+                type_coerce(t.c["metadata"], Text),
+            )
+            .where(where)
+            .order_by(t.c.createdAt, t.c.id)
+        )
