@@ -115,7 +115,7 @@ class Database:
         """Commit when the block succeeds, else roll back; an unreachable DB is UNAVAILABLE."""
         try:
             async with self.engine.connect() as conn:
-                if write:
+                if write and self.dialect == "sqlite":  # only SQLite's BEGIN reads it
                     conn = await conn.execution_options(write=True)
                 async with conn.begin():
                     yield conn
