@@ -180,6 +180,24 @@ async def run(options: Options) -> dict[str, Any]:
         await admin.close()
 
 
+async def start_targets(
+    o: Options, dsn: str, sa_url: str, servers: list[Server]
+) -> dict[str, dict[str, Server]]:
+    """Every target's servers, started and answering; `servers` collects them for shutdown."""
+    logs = o.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    baseline = Server(
+        Target("baseline", ("-m", "bench.baseline", "--dsn", dsn, "--pool-size", "10")), logs
+    )
+    servers.append(baseline)
+    targets = {"baseline": {kind: baseline for kind in SERVICES}}
+    for name, by_kind in service_targets(o, sa_url):
+        targets[name] = {kind: Server(target, logs) for kind, target in by_kind.items()}
+        servers.extend(targets[name].values())
+    await asyncio.gather(*(s.wait_ready() for s in servers))
+    return targets
+
+
 async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]) -> dict[str, Any]:
     from academic_years_service.app import DEFINITION as AY_DEF
     from progress_service.app import DEFINITION as PROGRESS_DEF
@@ -193,18 +211,7 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
     await data.seed_academic_years(dsn, 2, o.ay_years, o.ay_with_refs, 5, 3)
     await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
     small_rows = await data.count_rows(dsn, "user_progress")
-    logs = o.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    baseline = Server(
-        Target("baseline", ("-m", "bench.baseline", "--dsn", dsn, "--pool-size", "10")), logs
-    )
-    servers.append(baseline)
-    targets = {"baseline": {kind: baseline for kind in SERVICES}}
-    for name, by_kind in service_targets(o, sa_url):
-        targets[name] = {kind: Server(target, logs) for kind, target in by_kind.items()}
-        servers.extend(targets[name].values())
-    await asyncio.gather(*(s.wait_ready() for s in servers))
-    bench = Bench(o, targets)
+    bench = Bench(o, await start_targets(o, dsn, sa_url, servers))
     ids = Identities()
     print(f"list on {small_rows} rows", flush=True)
     await bench.case("progress.list@10k", "progress", list_calls(ids, o.list_users))
