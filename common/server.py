@@ -16,12 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from common.auth import TokenVerifier
+from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.config import Settings
 from common.db import Database
 from common.interceptors import AuthInterceptor, ErrorInterceptor, RpcObserver
 
 log = logging.getLogger("server")
+
+MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
 Register = Callable[[aio.Server, Database], None]
 
@@ -80,6 +82,10 @@ async def start_server(
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # One deterministic metadata limit above MAX_TOKEN_BYTES: between gRPC's default soft
+        # (8 KiB) and hard limits a request is refused at random, before the token is looked at.
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         # Sharing a port is only wanted with several workers; otherwise a clash must fail loudly.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
