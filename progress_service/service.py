@@ -7,6 +7,7 @@ from common.db import Database
 from common.errors import FieldViolation, ValidationError
 from common.pagination import resolve_pagination
 from common.tenancy import assert_authenticated_tenant_user
+from common.validation import NUL, json_violations, text_violations
 from progress_service.domain import PROGRESS_TYPE_VALUES, Page, UserProgress, UserProgressInput
 from progress_service.repository import UserProgressRepository
 
@@ -20,9 +21,11 @@ def check_progress_type(value: str, field: str) -> list[FieldViolation]:
 
 
 def clean_item_id(value: str, field: str, violations: list[FieldViolation]) -> str:
-    """Trimmed item id; records a violation when it is empty or too long."""
+    """Trimmed item id; records a violation when it is empty, too long or holds a NUL."""
     item_id = value.strip()
-    if not item_id:
+    if NUL in item_id:
+        violations.extend(text_violations(item_id, field))
+    elif not item_id:
         violations.append(FieldViolation(field, "must not be empty"))
     elif len(item_id) > MAX_ITEM_ID_LENGTH:
         violations.append(FieldViolation(field, f"must be at most {MAX_ITEM_ID_LENGTH} characters"))
@@ -33,6 +36,8 @@ def validate_input(data: UserProgressInput, prefix: str = "data.") -> UserProgre
     """The input as it will be stored, or a ValidationError naming every bad field."""
     violations = check_progress_type(data.progress_type, f"{prefix}progress_type")
     item_id = clean_item_id(data.item_id, f"{prefix}item_id", violations)
+    violations += text_violations(data.value, f"{prefix}value")
+    violations += json_violations(data.metadata, f"{prefix}metadata")
     if violations:
         raise ValidationError(violations)
     return UserProgressInput(data.progress_type, item_id, data.value, data.score, data.metadata)
@@ -61,6 +66,7 @@ class UserProgressService:
         violations = check_progress_type(progress_type, "progress_type")
         if item_id is not None:
             item_id = item_id.strip() or None
+            violations += text_violations(item_id, "item_id")
         if violations:
             raise ValidationError(violations)
         paging = resolve_pagination(limit, page)
