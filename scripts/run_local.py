@@ -46,14 +46,19 @@ def main() -> int:
             f"\nUsing a generated development JWT secret (kept in {SECRET_FILE.relative_to(ROOT)})."
         )
     py = ".venv/bin/python"
-    print("\nMint a token and call the services (buf is installed by `make install`):\n")
+    curl = "npx buf curl --protocol grpc --http2-prior-knowledge"
+    print("\nMint a token and call the services (buf comes with `make install`):\n")
     print(f"  export JWT_SECRET=$(cat {SECRET_FILE.relative_to(ROOT)})")
     print(
-        f"  TOKEN=$({py} -m common.token --org $(uuidgen) --perm READ_ACADEMIC_YEARS "
-        "--perm CREATE_ACADEMIC_YEARS)"
+        f"  TOKEN=$({py} -m common.token --org $({py} -c 'import uuid; print(uuid.uuid4())') "
+        "--perm READ_ACADEMIC_YEARS --perm CREATE_ACADEMIC_YEARS)"
     )
     for _module, addr, service in present:
-        print(f"  npx buf curl --protocol grpc --http2-prior-knowledge http://{addr}/{service}/...")
+        print(f"  {curl} http://{addr} --list-methods   # {service}")
+    print(
+        f'  {curl} -H "authorization: Bearer $TOKEN" -d \'{{"progress_type": "sign_learned"}}\' '
+        "http://127.0.0.1:50051/progress.v1.UserProgressService/ListUserProgress"
+    )
     print("\nSee README.md for complete examples. Ctrl-C stops both services.\n")
 
     def stop(_signum: int, _frame: object) -> None:
