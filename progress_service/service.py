@@ -50,7 +50,7 @@ class UserProgressService:
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         assert_authenticated_tenant_user(principal)
         clean = validate_input(data)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             record, _created = await UserProgressRepository(conn, principal).upsert(clean)
         return record
 
@@ -70,7 +70,7 @@ class UserProgressService:
         if violations:
             raise ValidationError(violations)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             rows, count = await UserProgressRepository(conn, principal).list(
                 progress_type, item_id, paging
             )
@@ -82,7 +82,7 @@ class UserProgressService:
         clean_id = clean_item_id(item_id, "item_id", violations)
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await UserProgressRepository(conn, principal).soft_delete(
                 progress_type, clean_id
             )
