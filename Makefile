@@ -44,6 +44,7 @@ run: install
 
 migrate: install
 	$(PY) -m progress_service migrate
+	$(PY) -m academic_years_service migrate
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -135,3 +135,22 @@ async def progress(progress_harness: Harness) -> AsyncIterator[Harness]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def academic_years_harness(
+    backend: str, backend_urls: dict[str, str]
+) -> AsyncIterator[Harness]:
+    from academic_years_service.app import DEFINITION
+    from academic_years_service.tables import metadata
+
+    harness = await start_harness(DEFINITION, backend_urls[backend], metadata)
+    yield harness
+    await stop_harness(harness)
+
+
+@pytest_asyncio.fixture
+async def academic_years(academic_years_harness: Harness) -> AsyncIterator[Harness]:
+    """The academic years service with empty tables (reference tables included)."""
+    await academic_years_harness.wipe()
+    yield academic_years_harness

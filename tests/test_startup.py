@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 
 
 def run(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL"))}
     return subprocess.run(  # noqa: S603
@@ -125,7 +125,7 @@ def test_postgres_needs_explicit_migrate_then_serves_and_drains(empty_pg_databas
             reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,1 @@
+"""Academic years: each organization's roster of academic year periods."""

@@ -1,0 +1,124 @@
+"""Academic years as the service layer sees them, free of protobuf and SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+NOT_FOUND_CODE = "academic_yearsNotFound"
+
+READ = "READ_ACADEMIC_YEARS"
+CREATE = "CREATE_ACADEMIC_YEARS"
+UPDATE = "UPDATE_ACADEMIC_YEARS"
+DELETE = "DELETE_ACADEMIC_YEARS"
+
+
+@dataclass(frozen=True, slots=True)
+class AcademicYearInput:
+    """A request's fields as given; None means absent (and an update leaves it alone)."""
+
+    id: str | None = None
+    name: str | None = None
+    start_date: str | None = None
+    end_date: str | None = None
+    current: bool | None = None
+    organization_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcademicYearValues:
+    """Validated values to write; None means "not written" (create stores NULL/defaults)."""
+
+    id: str | None = None
+    name: str | None = None
+    start_date: dt.date | None = None
+    end_date: dt.date | None = None
+    current: bool | None = None
+    organization_id: str | None = None
+    fields: frozenset[str] = frozenset()  # which of the above were given
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    id: str
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AcademicYear:
+    id: str
+    name: str | None
+    start_date: dt.date | None
+    end_date: dt.date | None
+    current: bool
+    organization_id: str | None
+    created_by_id: str | None
+    updated_by_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
+    organization: Reference | None = None
+    classes: list[Reference] = field(default_factory=list)
+    timetables: list[Reference] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds(Generic[T]):
+    """An inclusive range; None is an open end. `upper_exclusive` marks a half-open upper end."""
+
+    lower: T | None = None
+    upper: T | None = None
+    upper_exclusive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ordering:
+    field: str = "createdAt"
+    descending: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FilterRequest:
+    """The filter as the request gives it; an empty string means "no filter"."""
+
+    id: str = ""
+    name: str = ""
+    calendar_start: str = ""
+    calendar_end: str = ""
+    start_date_range: tuple[str, ...] = ()
+    end_date_range: tuple[str, ...] = ()
+    created_at_range: tuple[str, ...] = ()
+    active: bool | None = None
+    current: bool | None = None
+    organization: str = ""
+    field: str = ""
+    sort: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AcademicYearFilter:
+    """Every filter of List, Count and Export, already validated."""
+
+    id: str | None = None
+    name: str | None = None
+    calendar: Bounds[dt.date] | None = None
+    start_date: Bounds[dt.date] | None = None
+    end_date: Bounds[dt.date] | None = None
+    created_at: Bounds[dt.datetime] | None = None
+    current: bool | None = None
+    organizations: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[AcademicYear]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    id: str
+    label: str | None

@@ -1,0 +1,278 @@
+"""SQL for `academic_years`; every statement starts from the caller's tenant scope."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    Update,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from academic_years_service.domain import (
+    AcademicYear,
+    AcademicYearFilter,
+    AcademicYearValues,
+    Bounds,
+    Ordering,
+    Reference,
+    Suggestion,
+)
+from academic_years_service.tables import academic_years as t
+from academic_years_service.tables import classes, organizations, timetables
+from common.auth import Principal
+from common.db import utcnow
+from common.errors import AlreadyExistsError, ValidationError
+from common.pagination import PageRequest
+from common.tenancy import get_organization_id_or_global
+
+_COLUMNS = (
+    t.c.id,
+    t.c.name,
+    t.c.start_date,
+    t.c.end_date,
+    t.c.current,
+    t.c.organizationId,
+    t.c.createdById,
+    t.c.updatedById,
+    t.c.createdAt,
+    t.c.updatedAt,
+    t.c.deletedAt,
+)
+# API field names a caller may order by, and the columns they stand for.
+SORT_COLUMNS = {
+    "id": t.c.id,
+    "name": t.c.name,
+    "start_date": t.c.start_date,
+    "end_date": t.c.end_date,
+    "current": t.c.current,
+    "createdAt": t.c.createdAt,
+    "updatedAt": t.c.updatedAt,
+}
+_NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
+# Fields an update writes when present (organization has its own rule).
+_WRITABLE = ("name", "start_date", "end_date", "current")
+
+
+def _to_domain(row: Row[Any] | Sequence[Any]) -> AcademicYear:
+    return AcademicYear(*row[: len(_COLUMNS)])
+
+
+def escape_like(text: str) -> str:
+    """`text` as a LIKE pattern that matches itself literally (escape character `\\`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def contains(column: Any, text: str) -> ColumnElement[bool]:
+    """Case-insensitive literal substring match, on PostgreSQL and SQLite alike."""
+    result: ColumnElement[bool] = column.ilike(f"%{escape_like(text)}%", escape="\\")
+    return result
+
+
+def within(column: Any, bounds: Bounds[Any]) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if bounds.lower is not None:
+        clauses.append(column >= bounds.lower)
+    if bounds.upper is not None:
+        clauses.append(column < bounds.upper if bounds.upper_exclusive else column <= bounds.upper)
+    return clauses
+
+
+def filter_clauses(f: AcademicYearFilter) -> list[ColumnElement[bool]]:
+    """The filter as WHERE clauses, all ANDed; `active` has no column and is not among them."""
+    clauses: list[ColumnElement[bool]] = []
+    if f.id is not None:
+        clauses.append(t.c.id == f.id)
+    if f.name is not None:
+        clauses.append(contains(t.c.name, f.name))
+    if f.calendar is not None:
+        clauses.append(
+            or_(and_(*within(t.c.start_date, f.calendar)), and_(*within(t.c.end_date, f.calendar)))
+        )
+    for column, bounds in (
+        (t.c.start_date, f.start_date),
+        (t.c.end_date, f.end_date),
+        (t.c.createdAt, f.created_at),
+    ):
+        if bounds is not None:
+            clauses.extend(within(column, bounds))
+    if f.current is not None:
+        clauses.append(t.c.current == f.current)
+    if f.organizations is not None:
+        clauses.append(t.c.organizationId.in_(f.organizations))
+    return clauses
+
+
+def order_by(ordering: Ordering) -> list[Any]:
+    """The requested order plus `id` in the same direction, so pages never overlap."""
+    column = SORT_COLUMNS[ordering.field]
+    key = column.desc() if ordering.descending else column.asc()
+    if ordering.field in _NULLABLE_SORT:
+        key = key.nulls_last()  # the same place for NULL on both dialects
+    if ordering.field == "id":
+        return [key]
+    return [key, t.c.id.desc() if ordering.descending else t.c.id.asc()]
+
+
+class AcademicYearsRepository:
+    """Only the live rows of the caller's organization (all organizations for global access)."""
+
+    def __init__(self, conn: AsyncConnection, principal: Principal) -> None:
+        self._conn = conn
+        self._principal = principal
+        self._organization_id = get_organization_id_or_global(principal)
+
+    def _scope(self) -> ColumnElement[bool]:
+        """The one tenant rule every statement below is built on."""
+        clauses: list[ColumnElement[bool]] = [t.c.deletedAt.is_(None)]
+        if self._organization_id is not None:
+            clauses.append(t.c.organizationId == self._organization_id)
+        return and_(*clauses)
+
+    def scoped(self, *columns: Any) -> Select[Any]:
+        return select(*columns).select_from(t).where(self._scope())
+
+    def filtered(self, f: AcademicYearFilter, *columns: Any) -> Select[Any]:
+        return self.scoped(*columns).where(*filter_clauses(f))
+
+    def _owner(self, requested: str | None) -> str:
+        """The organization a new row belongs to: the token's, or any for global access."""
+        if self._principal.global_access and requested is not None:
+            return requested
+        if self._principal.organization_id is None:
+            raise ValidationError.field(
+                "data.organization_id", "required for a caller without an organization"
+            )
+        return self._principal.organization_id
+
+    async def create(self, year_id: str, values: AcademicYearValues) -> AcademicYear:
+        now, user = utcnow(), self._principal.user_id
+        statement = (
+            insert(t)
+            .values(
+                id=year_id,
+                name=values.name,
+                start_date=values.start_date,
+                end_date=values.end_date,
+                current=bool(values.current),
+                organizationId=self._owner(values.organization_id),
+                createdById=user,
+                updatedById=user,
+                createdAt=now,
+                updatedAt=now,
+            )
+            .returning(*_COLUMNS)
+        )
+        try:
+            row = (await self._conn.execute(statement)).one()
+        except IntegrityError:
+            raise AlreadyExistsError(
+                "an academic year with this id exists already",
+                metadata={"field": "data.id"},
+            ) from None
+        return _to_domain(row)
+
+    async def update(self, year_id: str, values: AcademicYearValues) -> AcademicYear | None:
+        changes: dict[str, Any] = {
+            name: getattr(values, name) for name in _WRITABLE if name in values.fields
+        }
+        if self._principal.global_access and values.organization_id is not None:
+            changes["organizationId"] = values.organization_id
+        changes.update(updatedAt=utcnow(), updatedById=self._principal.user_id)
+        statement = (
+            update(t).where(self._scope(), t.c.id == year_id).values(changes).returning(*_COLUMNS)
+        )
+        row = (await self._conn.execute(statement)).one_or_none()
+        return None if row is None else _to_domain(row)
+
+    def _soft_delete(self) -> Update:
+        now = utcnow()
+        return (
+            update(t)
+            .where(self._scope())
+            .values(deletedAt=now, updatedAt=now, updatedById=self._principal.user_id)
+        )
+
+    async def soft_delete(self, year_id: str) -> AcademicYear | None:
+        statement = self._soft_delete().where(t.c.id == year_id).returning(*_COLUMNS)
+        row = (await self._conn.execute(statement)).one_or_none()
+        return None if row is None else _to_domain(row)
+
+    async def soft_delete_many(self, year_ids: Sequence[str]) -> int:
+        if not year_ids:
+            return 0
+        result = await self._conn.execute(self._soft_delete().where(t.c.id.in_(year_ids)))
+        return int(result.rowcount)
+
+    async def get(self, year_id: str) -> AcademicYear | None:
+        """The year with its organization (one joined query) and each association (one each)."""
+        o = organizations
+        statement = (
+            self.scoped(*_COLUMNS, o.c.id, o.c.name)
+            .outerjoin(o, o.c.id == t.c.organizationId)
+            .where(t.c.id == year_id)
+        )
+        row = (await self._conn.execute(statement)).one_or_none()
+        if row is None:
+            return None
+        year = _to_domain(row)
+        org_id, org_name = row[len(_COLUMNS) :]
+        return replace(
+            year,
+            organization=Reference(org_id, org_name) if org_id is not None else None,
+            classes=await self._references(classes, year),
+            timetables=await self._references(timetables, year),
+        )
+
+    async def _references(self, table: Table, year: AcademicYear) -> list[Reference]:
+        """Live rows of `table` for the year, in the year's organization, by name."""
+        org = table.c.organizationId
+        same_org = org.is_(None) if year.organization_id is None else org == year.organization_id
+        statement = (
+            select(table.c.id, table.c.name)
+            .where(table.c.academic_yearId == year.id, same_org, table.c.deletedAt.is_(None))
+            .order_by(table.c.name.asc().nulls_last(), table.c.id)
+        )
+        return [Reference(*row) for row in await self._conn.execute(statement)]
+
+    async def page(
+        self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest
+    ) -> tuple[list[AcademicYear], int]:
+        count = await self.count(f)
+        statement = (
+            self.filtered(f, *_COLUMNS)
+            .order_by(*order_by(ordering))
+            .limit(page.limit)
+            .offset(page.offset)
+        )
+        return [_to_domain(row) for row in await self._conn.execute(statement)], count
+
+    async def count(self, f: AcademicYearFilter) -> int:
+        return int(await self._conn.scalar(self.filtered(f, func.count())) or 0)
+
+    async def autocomplete(
+        self, query: str, query_id: str | None, limit: int, offset: int
+    ) -> list[Suggestion]:
+        statement = self.scoped(t.c.id, t.c.name)
+        if query:
+            matches = [contains(t.c.name, query)]
+            if query_id is not None:
+                matches.append(t.c.id == query_id)
+            statement = statement.where(or_(*matches))
+        statement = (
+            statement.order_by(t.c.name.asc().nulls_last(), t.c.id).limit(limit).offset(offset)
+        )
+        return [Suggestion(*row) for row in await self._conn.execute(statement)]

@@ -1,0 +1,131 @@
+"""Servicer for `academic_years.v1.AcademicYearsService`: protobuf ⇄ domain, nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from academic_years.v1 import academic_years_pb2 as pb
+from academic_years.v1 import academic_years_pb2_grpc
+from grpc import aio
+
+from academic_years_service.domain import AcademicYear, AcademicYearInput, FilterRequest, Reference
+from academic_years_service.service import AcademicYearsService
+from common.auth import current_principal
+from common.protoconv import optional, timestamp
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def _date(value: dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _reference(ref: Reference) -> pb.Reference:
+    return pb.Reference(id=ref.id, name=ref.name)
+
+
+def to_proto(year: AcademicYear) -> pb.AcademicYear:
+    return pb.AcademicYear(
+        id=year.id,
+        name=year.name,
+        start_date=_date(year.start_date),
+        end_date=_date(year.end_date),
+        current=year.current,
+        organization_id=year.organization_id,
+        created_by_id=year.created_by_id,
+        updated_by_id=year.updated_by_id,
+        created_at=timestamp(year.created_at),
+        updated_at=timestamp(year.updated_at),
+        deleted_at=timestamp(year.deleted_at),
+        organization=_reference(year.organization) if year.organization else None,
+        classes_academic_year=[_reference(r) for r in year.classes],
+        timetables_academic_year=[_reference(r) for r in year.timetables],
+    )
+
+
+def input_from_proto(data: pb.AcademicYearInput) -> AcademicYearInput:
+    return AcademicYearInput(
+        id=optional(data, "id"),
+        name=optional(data, "name"),
+        start_date=optional(data, "start_date"),
+        end_date=optional(data, "end_date"),
+        current=optional(data, "current"),
+        organization_id=optional(data, "organization_id"),
+    )
+
+
+def filter_from_proto(request: pb.ListAcademicYearsRequest) -> FilterRequest:
+    return FilterRequest(
+        id=request.id,
+        name=request.name,
+        calendar_start=request.calendar_start,
+        calendar_end=request.calendar_end,
+        start_date_range=tuple(request.start_date_range),
+        end_date_range=tuple(request.end_date_range),
+        created_at_range=tuple(request.created_at_range),
+        active=optional(request, "active"),
+        current=optional(request, "current"),
+        organization=request.organization,
+        field=request.field,
+        sort=request.sort,
+    )
+
+
+class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer):
+    def __init__(self, service: AcademicYearsService) -> None:
+        self._service = service
+
+    async def CreateAcademicYear(
+        self, request: pb.CreateAcademicYearRequest, context: Context
+    ) -> pb.AcademicYear:
+        year = await self._service.create(current_principal(), input_from_proto(request.data))
+        return to_proto(year)
+
+    async def UpdateAcademicYear(
+        self, request: pb.UpdateAcademicYearRequest, context: Context
+    ) -> pb.AcademicYear:
+        year = await self._service.update(
+            current_principal(), request.id, input_from_proto(request.data)
+        )
+        return to_proto(year)
+
+    async def DeleteAcademicYear(
+        self, request: pb.DeleteAcademicYearRequest, context: Context
+    ) -> pb.AcademicYear:
+        return to_proto(await self._service.delete(current_principal(), request.id))
+
+    async def BatchDeleteAcademicYears(
+        self, request: pb.BatchDeleteAcademicYearsRequest, context: Context
+    ) -> pb.BatchDeleteAcademicYearsResponse:
+        deleted = await self._service.delete_many(current_principal(), list(request.ids))
+        return pb.BatchDeleteAcademicYearsResponse(deleted_count=deleted)
+
+    async def GetAcademicYear(
+        self, request: pb.GetAcademicYearRequest, context: Context
+    ) -> pb.AcademicYear:
+        return to_proto(await self._service.get(current_principal(), request.id))
+
+    async def ListAcademicYears(
+        self, request: pb.ListAcademicYearsRequest, context: Context
+    ) -> pb.ListAcademicYearsResponse:
+        page = await self._service.list_page(
+            current_principal(), filter_from_proto(request), request.limit, request.page
+        )
+        return pb.ListAcademicYearsResponse(rows=[to_proto(r) for r in page.rows], count=page.count)
+
+    async def CountAcademicYears(
+        self, request: pb.ListAcademicYearsRequest, context: Context
+    ) -> pb.CountAcademicYearsResponse:
+        count = await self._service.count(current_principal(), filter_from_proto(request))
+        return pb.CountAcademicYearsResponse(count=count)
+
+    async def AutocompleteAcademicYears(
+        self, request: pb.AutocompleteAcademicYearsRequest, context: Context
+    ) -> pb.AutocompleteAcademicYearsResponse:
+        items = await self._service.autocomplete(
+            current_principal(), request.query, request.limit, request.offset
+        )
+        return pb.AutocompleteAcademicYearsResponse(
+            items=[pb.AutocompleteItem(id=i.id, label=i.label) for i in items]
+        )
