@@ -109,7 +109,7 @@ class AcademicYearsService:
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         authorize(principal, CREATE)
         values = validate_input(data)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).create(
                 values.id or new_id(), values
             )
@@ -122,7 +122,7 @@ class AcademicYearsService:
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).update(year_id, values)
         if year is None:
             raise not_found()
@@ -131,7 +131,7 @@ class AcademicYearsService:
     async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
         authorize(principal, DELETE)
         year_id = _id(year_id, "id")
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).soft_delete(year_id)
         if year is None:
             raise not_found()
@@ -145,7 +145,7 @@ class AcademicYearsService:
         clean = {parsing.uuid(v, f"ids[{i}]", violations) for i, v in enumerate(year_ids)}
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).soft_delete_many(
                 sorted(i for i in clean if i is not None)
             )
@@ -153,7 +153,7 @@ class AcademicYearsService:
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
         authorize(principal, READ)
         year_id = _id(year_id, "id")
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).get(year_id)
         if year is None:
             raise not_found()
@@ -165,14 +165,14 @@ class AcademicYearsService:
         authorize(principal, READ)
         f, ordering = parse_filter(request)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             rows, count = await AcademicYearsRepository(conn, principal).page(f, ordering, paging)
         return Page(rows, count)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         authorize(principal, READ)
         f, _ordering = parse_filter(request)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).count(f)
 
     async def autocomplete(
@@ -188,7 +188,7 @@ class AcademicYearsService:
             raise ValidationError(violations)
         query = query.strip()
         query_id = parsing.uuid(query, "query", []) if query else None
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )

@@ -19,6 +19,8 @@ from sqlalchemy import make_url, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from academic_years_service.app import DEFINITION as AY_DEFINITION
+from academic_years_service.tables import academic_years
 from common.auth import Principal
 from common.db import Database
 from common.migrations import upgrade
@@ -46,7 +48,10 @@ async def app_url(pg_url: str | None) -> AsyncIterator[str]:
     """A login role that owns nothing and lacks BYPASSRLS, granted only DML; dropped afterwards."""
     if not pg_url:
         pytest.skip("row-level security needs TEST_DATABASE_URL")
-    await asyncio.to_thread(upgrade, pg_url, DEFINITION.migrations_dir, DEFINITION.version_table)
+    for definition in (DEFINITION, AY_DEFINITION):
+        await asyncio.to_thread(
+            upgrade, pg_url, definition.migrations_dir, definition.version_table
+        )
     role = f"rls_app_{uuid.uuid4().hex[:12]}"
     await _admin(
         pg_url,
@@ -54,6 +59,9 @@ async def app_url(pg_url: str | None) -> AsyncIterator[str]:
         f'GRANT USAGE ON SCHEMA public TO "{role}"',
         f'GRANT SELECT, INSERT, UPDATE, DELETE ON user_progress TO "{role}"',
         f'GRANT SELECT ON {DEFINITION.version_table} TO "{role}"',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON academic_years TO "{role}"',
+        f'GRANT SELECT ON organizations, classes, timetables TO "{role}"',
+        f'GRANT SELECT ON {AY_DEFINITION.version_table} TO "{role}"',
     )
     try:
         yield make_url(pg_url).set(username=role).render_as_string(hide_password=False)
@@ -129,17 +137,17 @@ async def owner_items(db: Database) -> dict[str, str | None]:
         return dict(rows.all())
 
 
-async def test_the_app_role_is_not_privileged(owner_db: Database, app_url: str) -> None:
+@pytest.mark.parametrize("table", ["user_progress", "academic_years"])
+async def test_the_app_role_is_not_privileged(owner_db: Database, app_url: str, table: str) -> None:
     role = make_url(app_url).username
     async with owner_db.transaction() as conn:
         row = (
             await conn.execute(
                 text(
                     "SELECT r.rolsuper, r.rolbypassrls, c.relowner = r.oid, c.relrowsecurity "
-                    "FROM pg_roles r, pg_class c WHERE r.rolname = :role "
-                    "AND c.relname = 'user_progress'"
+                    "FROM pg_roles r, pg_class c WHERE r.rolname = :role AND c.relname = :table"
                 ),
-                {"role": role},
+                {"role": role, "table": table},
             )
         ).one()
     assert tuple(row) == (False, False, False, True)
@@ -255,3 +263,90 @@ async def test_the_service_runs_as_the_app_role(
             )
         )
         assert live.scalars().all() == [stranger.sub]
+
+
+@pytest_asyncio.fixture
+async def years(owner_db: Database) -> dict[str, str]:
+    """Two organizations' academic years, written by the owner: org name -> org id."""
+    from common.db import utcnow
+
+    orgs = {"mine": new_uuid(), "theirs": new_uuid()}
+    async with owner_db.transaction(write=True) as conn:
+        await conn.execute(academic_years.delete())
+        for name, org in orgs.items():
+            now = utcnow()
+            await conn.execute(
+                academic_years.insert().values(
+                    id=new_uuid(), name=name, organizationId=org, createdAt=now, updatedAt=now
+                )
+            )
+    return orgs
+
+
+def year_principal(org: str | None, global_access: bool = False) -> Principal:
+    return Principal(new_uuid(), org, None, global_access, frozenset())
+
+
+async def year_names(db: Database, who: Principal | None) -> list[str]:
+    async with db.transaction(principal=who) as conn:
+        return sorted((await conn.execute(text("SELECT name FROM academic_years"))).scalars())
+
+
+async def test_academic_years_unfiltered_reads_stay_in_the_organization(
+    app_db: Database, years: dict[str, str]
+) -> None:
+    assert await year_names(app_db, year_principal(years["mine"])) == ["mine"]
+    assert await year_names(app_db, year_principal(years["theirs"])) == ["theirs"]
+    assert await year_names(app_db, None) == []
+    assert await year_names(app_db, year_principal(None, global_access=True)) == [
+        "mine",
+        "theirs",
+    ]
+
+
+async def test_academic_years_unfiltered_writes_stay_in_the_organization(
+    app_db: Database, owner_db: Database, years: dict[str, str]
+) -> None:
+    me = year_principal(years["mine"])
+    async with app_db.transaction(write=True, principal=me) as conn:
+        result = await conn.execute(text("UPDATE academic_years SET name = 'pwned'"))
+        assert result.rowcount == 1
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with app_db.transaction(write=True, principal=me) as conn:
+            await conn.execute(
+                text('UPDATE academic_years SET "organizationId" = :other'),
+                {"other": years["theirs"]},
+            )
+    async with owner_db.transaction() as conn:
+        names = await conn.execute(select(academic_years.c.name, academic_years.c.organizationId))
+        assert sorted(names.all()) == sorted(
+            [("pwned", years["mine"]), ("theirs", years["theirs"])]
+        )
+
+
+async def test_the_academic_years_service_runs_as_the_app_role(
+    app_url: str, years: dict[str, str]
+) -> None:
+    from academic_years.v1 import academic_years_pb2 as ay_pb
+    from academic_years.v1 import academic_years_pb2_grpc
+
+    from tests.academic_years_support import staff
+
+    running = await start_server(AY_DEFINITION, settings_for("academic_years", app_url))
+    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        client = academic_years_pb2_grpc.AcademicYearsServiceStub(channel)
+        me = staff(years["mine"])
+        created = await client.CreateAcademicYear(
+            ay_pb.CreateAcademicYearRequest(data=ay_pb.AcademicYearInput(name="new")),
+            metadata=me.md,
+        )
+        got = await client.GetAcademicYear(
+            ay_pb.GetAcademicYearRequest(id=created.id), metadata=me.md
+        )
+        assert got.name == "new"
+        listed = await client.ListAcademicYears(ay_pb.ListAcademicYearsRequest(), metadata=me.md)
+        assert sorted(r.name for r in listed.rows) == ["mine", "new"]
+    finally:
+        await channel.close()
+        await running.shutdown(1.0)

@@ -20,6 +20,7 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import ROOT
+from tests.support import head_revision
 
 
 def run(
@@ -50,18 +51,6 @@ def test_serve_refuses_a_weak_secret(tmp_path: Path) -> None:
     assert result.returncode == 2 and "too weak" in result.stderr
 
 
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    from common.migrations import alembic_config
-    from progress_service.app import DEFINITION
-
-    config = alembic_config("", DEFINITION.migrations_dir, DEFINITION.version_table)
-    head = ScriptDirectory.from_config(config).get_current_head()
-    assert head is not None
-    return head
-
-
 def test_migrate_creates_tables_and_version_table_on_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "progress.db"
     result = run(["progress_service", "migrate"], {"DATABASE_URL": f"sqlite+aiosqlite:///{path}"})
@@ -72,7 +61,9 @@ def test_migrate_creates_tables_and_version_table_on_sqlite(tmp_path: Path) -> N
         [(version,)] = conn.execute("select version_num from alembic_version_progress")
     assert {"user_progress", "alembic_version_progress"} <= tables
     assert {"user_progress_owner_item_key", "user_progress_user_type_created"} <= indexes
-    assert version == head_revision()
+    from progress_service.app import DEFINITION
+
+    assert version == head_revision(DEFINITION)
     again = run(["progress_service", "migrate"], {"DATABASE_URL": f"sqlite+aiosqlite:///{path}"})
     assert again.returncode == 0, again.stderr
 
