@@ -8,6 +8,7 @@ from academic_years_service import parsing
 from academic_years_service.domain import (
     CREATE,
     DELETE,
+    MAX_NAME_LENGTH,
     NOT_FOUND_CODE,
     READ,
     UPDATE,
@@ -26,6 +27,7 @@ from common.db import Database, new_id
 from common.errors import FieldViolation, NotFoundError, ValidationError
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import assert_authenticated_tenant_user, require_permission
+from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
 
@@ -50,6 +52,7 @@ def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYe
     year_id = None if data.id is None else parsing.uuid(data.id, f"{prefix}id", violations)
     start = parsing.date_or_none(data.start_date, f"{prefix}start_date", violations)
     end = parsing.date_or_none(data.end_date, f"{prefix}end_date", violations)
+    violations += text_violations(data.name, f"{prefix}name", MAX_NAME_LENGTH)
     organization_id = None
     if data.organization_id is not None:
         organization_id = parsing.uuid(data.organization_id, f"{prefix}organization_id", violations)
@@ -184,6 +187,7 @@ class AcademicYearsService:
             violations.append(FieldViolation("limit", "must not be negative"))
         if offset < 0:
             violations.append(FieldViolation("offset", "must not be negative"))
+        violations += text_violations(query, "query", MAX_NAME_LENGTH)
         if violations:
             raise ValidationError(violations)
         query = query.strip()

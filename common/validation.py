@@ -11,10 +11,20 @@ NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
 
 
-def text_violations(value: str | None, field: str) -> list[FieldViolation]:
-    """PostgreSQL text cannot hold NUL; it is refused on every backend so behaviour is the same."""
-    if value is not None and NUL in value:
+def text_violations(
+    value: str | None, field: str, max_length: int | None = None
+) -> list[FieldViolation]:
+    """PostgreSQL text cannot hold NUL; it is refused on every backend so behaviour is the same.
+
+    `max_length` (characters) keeps indexed text under PostgreSQL's b-tree entry limit and
+    patterns under SQLite's LIKE limit.
+    """
+    if value is None:
+        return []
+    if NUL in value:
         return [FieldViolation(field, NUL_MESSAGE)]
+    if max_length is not None and len(value) > max_length:
+        return [FieldViolation(field, f"must be at most {max_length} characters")]
     return []
 
 
