@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 help:
 	@echo "make run      serve both services on the embedded SQLite default"
 	@echo "make test     run the whole suite (PostgreSQL tests when TEST_DATABASE_URL is set)"
-	@echo "make lint     ruff + mypy"
+	@echo "make lint     ruff + mypy + buf lint + buf breaking against main"
 	@echo "make protos   regenerate Python code from protos/"
 	@echo "make migrate  migrate both services' databases (DATABASE_URL or the SQLite default)"
 
@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(PY) scripts/buf_check.py
 
 fmt: install
 	$(BIN)/ruff format .

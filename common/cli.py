@@ -66,7 +66,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     if settings.workers > 1:
         from common.workers import run_workers
 
-        return run_workers(definition, settings)
+        return run_workers(definition, env, settings.workers)
     try:
         asyncio.run(serve(definition, settings))
     except Exception as exc:

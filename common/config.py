@@ -52,6 +52,8 @@ class Settings:
     tls: TlsSettings | None = None
     grace_seconds: float = 10.0
     max_message_bytes: int = 8 * 1024 * 1024
+    # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
+    worker_index: int = 0
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -54,9 +55,13 @@ def _rebuild(
         return grpc.unary_unary_rpc_method_handler(wrap_unary(h.unary_unary), des, ser)
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(wrap_unary(h.stream_unary), des, ser)
+    # A streaming behavior may be a coroutine that writes with `context.write` (the health
+    # servicer's Watch does): it is awaited like a unary one, not iterated.
     if h.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap_stream(h.unary_stream), des, ser)
-    return grpc.stream_stream_rpc_method_handler(wrap_stream(h.stream_stream), des, ser)
+        wrap = wrap_unary if inspect.iscoroutinefunction(h.unary_stream) else wrap_stream
+        return grpc.unary_stream_rpc_method_handler(wrap(h.unary_stream), des, ser)
+    wrap = wrap_unary if inspect.iscoroutinefunction(h.stream_stream) else wrap_stream
+    return grpc.stream_stream_rpc_method_handler(wrap(h.stream_stream), des, ser)
 
 
 class _CachingInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -267,3 +272,32 @@ def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
         if key == "x-request-id":
             return value if isinstance(value, str) else value.decode()
     return uuid.uuid4().hex
+
+
+class ServedByInterceptor(_CachingInterceptor):
+    """Names the answering process in an `x-served-by` header, so an operator (and the tests)
+    can see which of several workers sharing a port served a call."""
+
+    def __init__(self, served_by: str) -> None:
+        super().__init__()
+        self._metadata = (("x-served-by", served_by),)
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                await context.send_initial_metadata(self._metadata)
+                return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await context.send_initial_metadata(self._metadata)
+                async for response in behavior(request, context):
+                    yield response
+
+            return call
+
+        return _rebuild(handler, unary, stream)

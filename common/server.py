@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.config import Settings
 from common.db import Database
-from common.interceptors import AuthInterceptor, ErrorInterceptor, RpcObserver
+from common.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    RpcObserver,
+    ServedByInterceptor,
+)
+from common.metrics import ServerMetrics, metrics_port_for
 
 log = logging.getLogger("server")
 
@@ -48,6 +56,8 @@ class RunningServer:
     health: Any
     db: Database
     extra_shutdown: list[Callable[[], object]] = field(default_factory=list)
+    metrics: ServerMetrics | None = None
+    metrics_port: int | None = None
 
     async def shutdown(self, grace: float) -> None:
         """Health NOT_SERVING first, then let in-flight RPCs finish within `grace` seconds."""
@@ -89,13 +99,18 @@ async def start_server(
         # Sharing a port is only wanted with several workers; otherwise a clash must fail loudly.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
-    server = aio.server(
-        interceptors=[
-            ErrorInterceptor(definition.domain, observers),
-            AuthInterceptor(TokenVerifier(settings.jwt)),
-        ],
-        options=options,
-    )
+    metrics = ServerMetrics(db) if settings.metrics_addr else None
+    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        ErrorInterceptor(
+            definition.domain, (*observers, metrics.observe) if metrics else observers
+        ),
+        AuthInterceptor(TokenVerifier(settings.jwt)),
+    ]
+    if metrics:
+        interceptors.insert(0, metrics.interceptor())
+    if settings.workers > 1:
+        interceptors.insert(0, ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}"))
+    server = aio.server(interceptors=interceptors, options=options)
     definition.register(server, db)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -116,7 +131,12 @@ async def start_server(
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
-    return RunningServer(server, port, health_servicer, db)
+    running = RunningServer(server, port, health_servicer, db, metrics=metrics)
+    if metrics and settings.metrics_addr:
+        addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
+        http, running.metrics_port = metrics.serve_http(addr)
+        running.extra_shutdown += [http.shutdown, http.server_close]
+    return running
 
 
 async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 1.0) -> None:
@@ -148,6 +168,7 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> None:
             "port": running.port,
             "tls": settings.tls is not None,
             "database": db.dialect,
+            "metrics_port": running.metrics_port,
         },
     )
     stop = asyncio.Event()

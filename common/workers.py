@@ -3,39 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Mapping
+from multiprocessing.connection import wait
 from types import FrameType
 
-from common.config import Settings
+from common.config import load_settings
 from common.logs import setup_logging
 from common.server import ServiceDefinition, serve
 
+log = logging.getLogger("workers")
 
-def _worker(definition: ServiceDefinition, settings: Settings) -> None:
+
+def _worker(definition: ServiceDefinition, env: Mapping[str, str], index: int) -> None:
+    # Settings are rebuilt here rather than pickled: a loaded public key does not pickle.
+    settings = load_settings(definition.name, definition.default_addr, env)
+    settings = dataclasses.replace(settings, worker_index=index)
     setup_logging(settings.log_format)
     asyncio.run(serve(definition, settings))
 
 
-def run_workers(definition: ServiceDefinition, settings: Settings) -> int:
-    """Start the workers, forward SIGTERM/SIGINT to them, and wait for all to exit."""
+def run_workers(definition: ServiceDefinition, env: Mapping[str, str], count: int) -> int:
+    """Start `count` workers, forward SIGTERM/SIGINT to them, and wait for all to exit.
+
+    If one worker dies on its own the others are stopped too, so a supervisor sees the failure
+    instead of a silently shrunken pool."""
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(definition, settings), name=f"{definition.name}-{i}")
-        for i in range(settings.workers)
+        ctx.Process(target=_worker, args=(definition, dict(env), i), name=f"{definition.name}-{i}")
+        for i in range(count)
     ]
-    for proc in procs:
-        proc.start()
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def stop_all(signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    for proc in procs:
+        proc.start()
+    log.info("workers started", extra={"pids": [p.pid for p in procs]})
+    first = wait([p.sentinel for p in procs])
+    if any(p.exitcode for p in procs if p.sentinel in first):
+        log.error("a worker exited with an error; stopping the others")
+        stop_all()
     for proc in procs:
         proc.join()
-    codes = [proc.exitcode or 0 for proc in procs]
+    codes = [abs(proc.exitcode or 0) for proc in procs]
     return max(codes) if codes else 0

@@ -16,6 +16,7 @@ from grpc import aio
 from sqlalchemy import MetaData, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from common import client
 from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
@@ -108,7 +109,7 @@ async def start_harness(
         await asyncio.to_thread(upgrade, url, definition.migrations_dir, definition.version_table)
         _migrated.add((definition.name, url))
     running = await start_server(definition, test_settings(definition.name, url, **overrides))
-    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    channel = client.channel(f"127.0.0.1:{running.port}")
     return Harness(running, channel, metadata)
 
 

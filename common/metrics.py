@@ -1,0 +1,160 @@
+"""Prometheus metrics named as go-grpc-prometheus does, plus in-flight streams and pool usage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from common.db import Database
+from common.interceptors import Behavior, Handler, _CachingInterceptor, _rebuild
+
+# Seconds; finer at the low end where a healthy RPC lands.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LABELS = ("grpc_service", "grpc_method", "grpc_type")
+
+
+def rpc_type(handler: Handler) -> str:
+    h: Any = handler
+    if h.unary_unary:
+        return "unary"
+    if h.stream_unary:
+        return "client_stream"
+    if h.unary_stream:
+        return "server_stream"
+    return "bidi_stream"
+
+
+def split_method(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+class _PoolCollector(Collector):
+    """Reads the connection pool at scrape time, so the numbers are never stale."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool: Any = self._db.engine.pool
+        labels = ["dialect"]
+        for name, doc, read in (
+            ("db_pool_checked_out_connections", "Connections in use by RPCs", "checkedout"),
+            ("db_pool_idle_connections", "Open connections waiting in the pool", "checkedin"),
+            ("db_pool_size", "Configured pool size", "size"),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            reader = getattr(pool, read, None)
+            if callable(reader):
+                family.add_metric([self._db.dialect], float(reader()))
+                yield family
+
+
+class ServerMetrics:
+    """One registry per server: an interceptor for starts and in-flight streams, and an
+    `RpcObserver` (fed by `ErrorInterceptor`) for outcomes, so codes match the access log."""
+
+    def __init__(self, db: Database | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._types: dict[str, str] = {}
+        self.started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            LABELS,
+            registry=self.registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status.",
+            (*LABELS, "grpc_code"),
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time the server took to handle an RPC until its status was known.",
+            LABELS,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "grpc_server_in_flight_streams",
+            "RPCs (HTTP/2 streams) being handled right now.",
+            LABELS,
+            registry=self.registry,
+        )
+        if db is not None:
+            self.registry.register(_PoolCollector(db))
+
+    def register_method(self, method: str, handler: Handler) -> tuple[str, str, str]:
+        """Remember the method's RPC type (the observer hook does not see it); its labels."""
+        self._types[method] = rpc_type(handler)
+        return self.labels(method)
+
+    def labels(self, method: str) -> tuple[str, str, str]:
+        service, name = split_method(method)
+        return service, name, self._types.get(method, "unary")
+
+    def observe(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
+        """The `RpcObserver` hook: one outcome of one RPC."""
+        labels = self.labels(method)
+        self.handled.labels(*labels, code.name).inc()
+        self.seconds.labels(*labels).observe(elapsed)
+
+    def interceptor(self) -> aio.ServerInterceptor:  # type: ignore[type-arg]
+        return _StartInterceptor(self)
+
+    def serve_http(self, addr: str) -> tuple[Any, int]:
+        """Start the scrape endpoint on `host:port` (port 0 picks one); returns (server, port)."""
+        host, _, port = addr.rpartition(":")
+        server, _thread = start_http_server(int(port), host or "0.0.0.0", registry=self.registry)  # noqa: S104
+        return server, int(server.server_port)
+
+
+class _StartInterceptor(_CachingInterceptor):
+    """Counts starts and keeps the in-flight gauge; outermost, so it sees every RPC."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        labels = self._metrics.register_method(method, handler)
+        started, in_flight = (
+            self._metrics.started.labels(*labels),
+            self._metrics.in_flight.labels(*labels),
+        )
+
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                started.inc()
+                with in_flight.track_inprogress():
+                    return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                started.inc()
+                with in_flight.track_inprogress():
+                    async for response in behavior(request, context):
+                        yield response
+
+            return call
+
+        return _rebuild(handler, unary, stream)
+
+
+def metrics_port_for(addr: str, worker_index: int) -> str:
+    """With WORKERS=N each worker serves its own endpoint: the configured port plus its index."""
+    host, _, port = addr.rpartition(":")
+    if worker_index == 0 or int(port) == 0:
+        return addr
+    return f"{host}:{int(port) + worker_index}"
