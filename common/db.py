@@ -99,10 +99,20 @@ def tenant_settings(principal: Principal) -> tuple[str, str, str]:
     return organization, principal.user_id, "on" if principal.global_access else "off"
 
 
+# SQLSTATEs of a server that cannot serve right now: connection exceptions (08…), too many
+# connections (53300), shutting down or crashed (57P01, 57P02), starting up (57P03).
+_UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or dropped the connection (retryable)."""
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+        )
     return isinstance(exc, OSError | TimeoutError)
 
 
