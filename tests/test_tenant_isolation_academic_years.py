@@ -252,3 +252,27 @@ async def test_sort_field_is_whitelisted(academic_years: Harness) -> None:
 
 
 assert set(ALL) == {f"{p}_ACADEMIC_YEARS" for p in NEEDS.values()}
+
+
+async def test_create_with_a_taken_id_says_the_same_whoever_owns_it(
+    academic_years: Harness,
+) -> None:
+    """Ids are primary keys, so a taken id is ALREADY_EXISTS; the answer must not tell whose."""
+    owner, ids, before = await seeded(academic_years)
+    stranger = staff()
+    [strangers_own] = await seed_years(
+        academic_years, {"name": "stranger's", "organizationId": stranger.org}
+    )
+
+    def create(year_id: str) -> Awaitable[Any]:
+        return stub(academic_years).CreateAcademicYear(
+            pb.CreateAcademicYearRequest(data=pb.AcademicYearInput(id=year_id, name="x")),
+            metadata=stranger.md,
+        )
+
+    foreign = await expect_error(create(ids["Owner Year"]), grpc.StatusCode.ALREADY_EXISTS)
+    own = await expect_error(create(strangers_own), grpc.StatusCode.ALREADY_EXISTS)
+    assert foreign == own
+    assert owner.org not in foreign.message and owner.org not in str(foreign.metadata)
+    after = await snapshot(academic_years)
+    assert {k: v for k, v in after.items() if k in before} == before
