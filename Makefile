@@ -64,3 +64,10 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) gen var .pytest_cache .mypy_cache .ruff_cache
+
+# CSV import/export of 1M academic years through the service vs psql \copy, on a fresh
+# PostgreSQL database (BENCH_DATABASE_URL, default the local server). Not part of `make test`.
+# BENCH_ARGS="--rows 200000" for a quick run; "--flat-memory" adds a 2x run for the RSS check.
+.PHONY: bench-csv
+bench-csv: install
+	$(PY) bench/csv_bench.py $(BENCH_ARGS)

@@ -125,3 +125,10 @@ class Page:
 class Suggestion:
     id: str
     label: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    rows_read: int
+    created: int
+    skipped: int

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    Column,
     ColumnElement,
+    Date,
     Row,
     Select,
     Table,
+    Text,
     Update,
+    Uuid,
     and_,
+    cast,
+    exists,
+    false,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -34,7 +43,15 @@ from academic_years_service.domain import (
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import classes, organizations, timetables
 from common.auth import Principal
-from common.db import utcnow
+from common.csvstream import formula_safe
+from common.csvstream.staging import (
+    drop_staging,
+    random_uuid,
+    row_timestamp,
+    stage_rows,
+    staging_table,
+)
+from common.db import UUID_TYPE, upsert_insert, utcnow
 from common.errors import AlreadyExistsError, ValidationError
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global
@@ -276,3 +293,88 @@ class AcademicYearsRepository:
             statement.order_by(t.c.name.asc().nulls_last(), t.c.id).limit(limit).offset(offset)
         )
         return [Suggestion(*row) for row in await self._conn.execute(statement)]
+
+    async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
+        """A staging table holding every row of the upload, in `CSV_COLUMNS` order."""
+        staging = staging_table(
+            self._conn,
+            Column("id", Text),
+            Column("name", Text),
+            Column("start_date", Date),
+            Column("end_date", Date),
+            Column("current", Boolean),
+            Column("importHash", Text),
+        )
+        await stage_rows(self._conn, staging, batches)
+        return staging
+
+    async def repeated_ids(self, staging: Table, limit: int) -> tuple[list[tuple[int, int]], int]:
+        """(line, first line) of rows repeating an earlier row's id: the first `limit`, and all."""
+        s = staging.c
+        first = func.min(s.line).over(partition_by=s.id).label("first_line")
+        numbered = select(s.line, first).where(s.id.is_not(None)).subquery()
+        repeats = select(numbered.c.line, numbered.c.first_line).where(
+            numbered.c.line > numbered.c.first_line
+        )
+        total = await self._conn.scalar(select(func.count()).select_from(repeats.subquery()))
+        rows = await self._conn.execute(repeats.order_by(numbered.c.line).limit(limit))
+        return [(int(a), int(b)) for a, b in rows], int(total or 0)
+
+    async def taken_ids(self, staging: Table, limit: int) -> list[int]:
+        """Lines whose id belongs to an existing year (in any organization, even deleted),
+        among the rows that will be inserted (their importHash is new)."""
+        s, other = staging.c, t.alias("other")
+        hash_taken = exists().where(other.c.importHash == s.importHash)
+        statement = (
+            select(s.line)
+            .join_from(staging, t, t.c.id == self._year_id(s.id))
+            .where(or_(s.importHash.is_(None), ~hash_taken))
+            .order_by(s.line)
+            .limit(limit)
+        )
+        return [int(line) for line in await self._conn.scalars(statement)]
+
+    def _year_id(self, text: Any) -> Any:
+        """A staged id in the column's own type: uuid on PostgreSQL, 32 hex digits on SQLite."""
+        if self._conn.dialect.name == "postgresql":
+            return cast(text, Uuid(as_uuid=False))
+        return func.replace(func.lower(text), "-", "")
+
+    async def apply_import(self, staging: Table) -> int:
+        """Inserts the staged rows in file order, skipping every row whose importHash is taken
+        (the column is UNIQUE, so earlier rows of the file take it too); returns rows created."""
+        s, now, user = staging.c, utcnow(), self._principal.user_id
+        source = (
+            select(
+                func.coalesce(self._year_id(s.id), random_uuid(self._conn)),
+                s.name,
+                s.start_date,
+                s.end_date,
+                func.coalesce(s.current, false()),
+                s.importHash,
+                literal(self._owner(None), UUID_TYPE),
+                literal(user, UUID_TYPE),
+                literal(user, UUID_TYPE),
+                row_timestamp(self._conn, now, s.row_index),
+                row_timestamp(self._conn, now, s.row_index),
+            )
+            .where(literal(True))
+            .order_by(s.row_index)
+        )
+        columns = [
+            "id", "name", "start_date", "end_date", "current", "importHash",
+            "organizationId", "createdById", "updatedById", "createdAt", "updatedAt",
+        ]  # fmt: skip
+        statement = (
+            upsert_insert(self._conn, t)
+            .from_select(columns, source)
+            .on_conflict_do_nothing(index_elements=[t.c.importHash])
+        )
+        result = await self._conn.execute(statement)
+        await drop_staging(self._conn, staging)
+        return int(result.rowcount)
+
+    def export_statement(self, f: AcademicYearFilter, ordering: Ordering) -> Select[Any]:
+        return self.filtered(
+            f, t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date
+        ).order_by(*order_by(ordering))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
 
 from academic_years_service import parsing
 from academic_years_service.domain import (
@@ -17,19 +18,49 @@ from academic_years_service.domain import (
     AcademicYearInput,
     AcademicYearValues,
     FilterRequest,
+    ImportSummary,
     Ordering,
     Page,
     Suggestion,
 )
 from academic_years_service.repository import SORT_COLUMNS, AcademicYearsRepository
 from common.auth import Principal
+from common.csvstream import (
+    CellError,
+    CsvColumn,
+    CsvLimits,
+    CsvReader,
+    boolean,
+    date,
+    stream_csv,
+    uuid_text,
+)
 from common.db import Database, new_id
-from common.errors import FieldViolation, NotFoundError, ValidationError
+from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import assert_authenticated_tenant_user, require_permission
 from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
+MAX_IMPORT_HASH_LENGTH = 255  # the column's width
+REPORTED_LINES = 20
+
+
+def _import_hash(value: str) -> str:
+    if len(value) > MAX_IMPORT_HASH_LENGTH:
+        raise CellError(f"must be at most {MAX_IMPORT_HASH_LENGTH} characters")
+    return value
+
+
+CSV_COLUMNS = (
+    CsvColumn("id", uuid_text),
+    CsvColumn("name"),
+    CsvColumn("start_date", date),
+    CsvColumn("end_date", date),
+    CsvColumn("current", boolean),
+    CsvColumn("importHash", _import_hash),
+)
+EXPORT_HEADER = ("id", "name", "start_date", "end_date")
 
 
 def not_found() -> NotFoundError:
@@ -105,9 +136,27 @@ def _id(value: str, field: str) -> str:
     return clean
 
 
+async def check_ids(repository: AcademicYearsRepository, staging: Any) -> None:
+    """Ids given in the file must be unique in it and new to the table."""
+    repeats, total = await repository.repeated_ids(staging, REPORTED_LINES)
+    if total:
+        raise ValidationError(
+            [FieldViolation(f"line {a}: id", f"repeats the id of line {b}") for a, b in repeats],
+            total=total,
+        )
+    taken = await repository.taken_ids(staging, REPORTED_LINES)
+    if taken:
+        raise AlreadyExistsError(
+            f"line {taken[0]}: an academic year with this id exists already",
+            reason="ACADEMIC_YEAR_ID_TAKEN",
+            metadata={"lines": ",".join(str(line) for line in taken)},
+        )
+
+
 class AcademicYearsService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, csv_limits: CsvLimits | None = None) -> None:
         self._db = db
+        self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         authorize(principal, CREATE)
@@ -196,3 +245,34 @@ class AcademicYearsService:
             return await AcademicYearsRepository(conn, principal).autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
+
+    async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
+        """One year per row in the caller's organization, in file order; nothing is written
+        unless every row is valid."""
+        authorize(principal, CREATE)
+        if principal.organization_id is None:
+            raise ValidationError.field("organization_id", "an import needs an organization")
+        reader = CsvReader(
+            chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
+        )
+        async with self._db.transaction(write=True, principal=principal) as conn:
+            repository = AcademicYearsRepository(conn, principal)
+            staging = await repository.stage_import(reader.rows())
+            reader.raise_if_invalid()
+            if reader.present("id"):
+                await check_ids(repository, staging)
+            created = await repository.apply_import(staging)
+        return ImportSummary(reader.rows_read, created, reader.rows_read - created)
+
+    async def export_csv(
+        self, principal: Principal, request: FilterRequest
+    ) -> AsyncIterator[bytes]:
+        """Every matching year (List's filters and order, no paging) as CSV chunks."""
+        authorize(principal, READ)
+        f, ordering = parse_filter(request)
+        async with self._db.transaction(principal=principal) as conn:
+            statement = AcademicYearsRepository(conn, principal).export_statement(f, ordering)
+            label = "academic_years export"
+            async with stream_csv(conn, statement, EXPORT_HEADER, label=label) as chunks:
+                async for chunk in chunks:
+                    yield chunk

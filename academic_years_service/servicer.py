@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 from academic_years.v1 import academic_years_pb2 as pb
 from academic_years.v1 import academic_years_pb2_grpc
+from google.api import httpbody_pb2
 from grpc import aio
 
 from academic_years_service.domain import AcademicYear, AcademicYearInput, FilterRequest, Reference
 from academic_years_service.service import AcademicYearsService
 from common.auth import current_principal
+from common.csvstream import body_bytes, csv_bodies
 from common.protoconv import optional, timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -129,3 +132,18 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
         return pb.AutocompleteAcademicYearsResponse(
             items=[pb.AutocompleteItem(id=i.id, label=i.label) for i in items]
         )
+
+    async def ImportAcademicYearsCsv(
+        self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
+    ) -> pb.ImportCsvSummary:
+        summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
+        return pb.ImportCsvSummary(
+            rows_read=summary.rows_read, created=summary.created, skipped=summary.skipped
+        )
+
+    async def ExportAcademicYearsCsv(
+        self, request: pb.ListAcademicYearsRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        chunks = self._service.export_csv(current_principal(), filter_from_proto(request))
+        async for body in csv_bodies(chunks):
+            yield body

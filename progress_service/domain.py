@@ -47,3 +47,11 @@ class UserProgress:
 class Page:
     rows: list[UserProgress]
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    rows_read: int
+    created: int
+    updated: int
+    skipped: int

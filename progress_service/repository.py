@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    Table,
+    Text,
+    and_,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import Principal
-from common.db import new_id, upsert_insert, utcnow
+from common.csvstream import formula_safe
+from common.csvstream.staging import (
+    drop_staging,
+    random_uuid,
+    row_timestamp,
+    stage_rows,
+    staging_table,
+)
+from common.db import UUID_TYPE, new_id, upsert_insert, utcnow
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global, require_organization_id, require_user_id
 from progress_service.domain import UserProgress, UserProgressInput
@@ -113,3 +137,108 @@ class UserProgressRepository:
             .values(deletedAt=now, updatedAt=now, updatedById=self._user_id)
         )
         return int(result.rowcount)
+
+    async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
+        """A staging table holding every row of the upload, in `CSV_COLUMNS` order."""
+        staging = staging_table(
+            self._conn,
+            Column("progress_type", Text),
+            Column("item_id", Text),
+            Column("value", Text),
+            Column("score", Integer),
+            Column("metadata", Text),
+        )
+        await stage_rows(self._conn, staging, batches)
+        return staging
+
+    async def apply_import(self, staging: Table) -> tuple[int, int]:
+        """Upserts the last staged row of each (type, item) in one statement; (created, updated)."""
+        s = staging.c
+        ranked = select(
+            s.row_index,
+            s.progress_type,
+            s.item_id,
+            s.value,
+            s.score,
+            s["metadata"],
+            func.row_number()
+            .over(partition_by=(s.progress_type, s.item_id), order_by=s.row_index.desc())
+            .label("rank"),
+        ).subquery("ranked")
+        latest = select(ranked).where(ranked.c.rank == 1).subquery("latest")
+        organization_id = require_organization_id(self._principal)
+        existing = await self._conn.scalar(
+            select(func.count())
+            .select_from(latest)
+            .join(
+                t,
+                and_(
+                    t.c.organizationId == organization_id,
+                    t.c.userId == self._user_id,
+                    t.c.deletedAt.is_(None),
+                    t.c.progress_type == cast(latest.c.progress_type, t.c.progress_type.type),
+                    t.c.item_id == latest.c.item_id,
+                ),
+            )
+        )
+        result = await self._conn.execute(self._upsert_from(latest, organization_id))
+        await drop_staging(self._conn, staging)
+        updated = int(existing or 0)
+        return int(result.rowcount) - updated, updated
+
+    def _upsert_from(self, latest: Any, organization_id: str) -> Any:
+        now, pg = utcnow(), self._conn.dialect.name == "postgresql"
+        metadata = cast(latest.c["metadata"], JSONB) if pg else latest.c["metadata"]
+        stamp = row_timestamp(self._conn, now, latest.c.row_index)
+        source = select(
+            random_uuid(self._conn),
+            cast(latest.c.progress_type, t.c.progress_type.type),
+            latest.c.item_id,
+            latest.c.value,
+            latest.c.score,
+            metadata,
+            literal(organization_id, UUID_TYPE),
+            literal(self._principal.campus_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            literal(self._user_id, UUID_TYPE),
+            stamp,
+            stamp,
+        ).where(literal(True))
+        insert = upsert_insert(self._conn, t).from_select(
+            [
+                "id", "progress_type", "item_id", "value", "score", "metadata",
+                "organizationId", "campusId", "userId", "createdById", "updatedById",
+                "createdAt", "updatedAt",
+            ],
+            source,
+        )  # fmt: skip
+        excluded = insert.excluded
+        return insert.on_conflict_do_update(
+            index_elements=_CONFLICT_KEY,
+            index_where=t.c.deletedAt.is_(None),
+            set_={
+                "value": excluded.value,
+                "score": excluded.score,
+                "metadata": excluded["metadata"],
+                "campusId": excluded.campusId,
+                "updatedById": excluded.updatedById,
+                "updatedAt": excluded.updatedAt,
+            },
+        )
+
+    def export_statement(self, progress_type: str | None) -> Select[Any]:
+        where = self._scope()
+        if progress_type is not None:
+            where = and_(where, t.c.progress_type == progress_type)
+        return (
+            select(
+                type_coerce(t.c.progress_type, Text),
+                formula_safe(t.c.item_id),
+                formula_safe(t.c.value),
+                t.c.score,
+                type_coerce(t.c["metadata"], Text),
+            )
+            .where(where)
+            .order_by(t.c.createdAt, t.c.id)
+        )

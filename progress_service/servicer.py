@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+from google.api import httpbody_pb2
 from grpc import aio
 from progress.v1 import progress_pb2, progress_pb2_grpc
 
 from common.auth import current_principal
+from common.csvstream import body_bytes, csv_bodies
 from common.protoconv import json_from_value, optional, timestamp, value_from_json
 from progress_service.domain import UserProgress, UserProgressInput
 from progress_service.service import UserProgressService
@@ -72,3 +75,21 @@ class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
             current_principal(), request.progress_type, request.item_id
         )
         return progress_pb2.DeleteUserProgressByItemResponse(deleted_count=deleted)
+
+    async def ImportUserProgressCsv(
+        self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
+    ) -> progress_pb2.ImportCsvSummary:
+        summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
+        return progress_pb2.ImportCsvSummary(
+            rows_read=summary.rows_read,
+            created=summary.created,
+            updated=summary.updated,
+            skipped=summary.skipped,
+        )
+
+    async def ExportUserProgressCsv(
+        self, request: progress_pb2.ExportUserProgressCsvRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        chunks = self._service.export_csv(current_principal(), optional(request, "progress_type"))
+        async for body in csv_bodies(chunks):
+            yield body

@@ -1,0 +1,229 @@
+"""CSV import/export of academic years through the running service, against `psql \\copy`.
+
+Creates a fresh PostgreSQL database, migrates it, serves academic_years_service from a
+subprocess, streams a generated file in and out over gRPC, then times `psql \\copy` in and out
+of the same file on the same database, and prints rows/s, ratios and the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from academic_years.v1 import academic_years_pb2 as pb
+from academic_years.v1 import academic_years_pb2_grpc
+from google.api import httpbody_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import make_url
+
+from common.token import mint
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+CHUNK = 64 * 1024
+
+
+def generate(path: Path, rows: int) -> None:
+    """name,start_date,end_date,current,importHash: one row per year, a unique hash each."""
+    if path.exists():
+        return
+    rng = random.Random(rows)
+    with path.open("w", newline="") as out:
+        out.write("name,start_date,end_date,current,importHash\n")
+        for i in range(rows):
+            year = 1900 + i % 200
+            name = f'"Year {year}/{year + 1}, cohort {i}"' if i % 10 == 0 else f"Year {year} #{i}"
+            current = "true" if rng.random() < 0.1 else "false"
+            out.write(f"{name},{year}-09-01,{year + 1}-07-31,{current},h{i:012x}\n")
+
+
+def psql(url: str, command: str) -> float:
+    started = time.perf_counter()
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", command]
+    subprocess.run(argv, check=True)  # noqa: S603  # psql from PATH, our own arguments
+    return time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def upload(path: Path) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            yield httpbody_pb2.HttpBody(content_type="text/csv", data=chunk)
+
+
+async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes]) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(200):
+        if process.poll() is not None:
+            raise SystemExit("the server exited during start-up")
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("the server did not start")
+
+
+def prepare_copy_table(url: str) -> None:
+    """A table built like academic_years (same indexes) that `\\copy` can fill from the file."""
+    psql(url, "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy "
+              "(LIKE academic_years INCLUDING ALL); ALTER TABLE bench_copy "
+              'ALTER id SET DEFAULT gen_random_uuid(), ALTER "createdAt" SET DEFAULT now(), '
+              'ALTER "updatedAt" SET DEFAULT now()')  # fmt: skip
+
+
+def psql_copy_in(url: str, csv_path: Path) -> float:
+    return psql(url, '\\copy bench_copy (name, start_date, end_date, current, "importHash") '
+                     f"FROM '{csv_path}' WITH (FORMAT csv, HEADER)")  # fmt: skip
+
+
+def psql_copy_out(url: str, out_path: Path, org: str) -> float:
+    """The service's export query (default order), to a file."""
+    query = (
+        "SELECT id, name, start_date, end_date FROM academic_years "  # noqa: S608  # a UUID
+        f'WHERE "organizationId" = \'{org}\' AND "deletedAt" IS NULL '
+        'ORDER BY "createdAt" DESC, id DESC'
+    )
+    return psql(url, f"\\copy ({query}) TO '{out_path}' WITH (FORMAT csv, HEADER)")
+
+
+async def export(stub: Any, metadata: Any, path: Path) -> tuple[float, int]:
+    started, lines = time.perf_counter(), 0
+    with path.open("wb") as sink:
+        async for body in stub.ExportAcademicYearsCsv(
+            pb.ListAcademicYearsRequest(), metadata=metadata
+        ):
+            sink.write(body.data)
+            lines += body.data.count(b"\n")
+    return time.perf_counter() - started, lines - 1
+
+
+async def measure(db_url: str, plain_url: str, csv_path: Path, rows: int) -> dict[str, float]:
+    """Service and psql take turns on the same database: import, \\copy in, then export and
+    \\copy out twice each (the better of two counts, as caches settle)."""
+    secret, port, org = secrets.token_hex(32), free_port(), str(uuid.uuid4())
+    env = dict(os.environ, DATABASE_URL=db_url, GRPC_ADDR=f"127.0.0.1:{port}", JWT_SECRET=secret,
+               LOG_FORMAT="json")  # fmt: skip
+    log = (OUT / f"server_{rows}.log").open("wb")
+    process = subprocess.Popen(  # noqa: ASYNC220  # started once, before any timing
+        [sys.executable, "-m", "academic_years_service", "serve"], env=env, stderr=log, cwd=ROOT
+    )
+    try:
+        token = mint(secret, sub=str(uuid.uuid4()), org=org, permissions=[
+            "CREATE_ACADEMIC_YEARS", "READ_ACADEMIC_YEARS"])  # fmt: skip
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_serving(channel, process)
+            stub = academic_years_pb2_grpc.AcademicYearsServiceStub(channel)
+            started = time.perf_counter()
+            summary = await stub.ImportAcademicYearsCsv(upload(csv_path), metadata=metadata)
+            import_s = time.perf_counter() - started
+            assert summary.created == rows, summary
+            prepare_copy_table(plain_url)
+            copy_in_s = await asyncio.to_thread(psql_copy_in, plain_url, csv_path)
+            export_s, copy_out_s = float("inf"), float("inf")
+            for _ in range(2):
+                seconds, exported = await export(stub, metadata, OUT / f"export_{rows}.csv")
+                assert exported == rows, exported
+                export_s = min(export_s, seconds)
+                out = OUT / f"psql_export_{rows}.csv"
+                copy_out_s = min(
+                    copy_out_s, await asyncio.to_thread(psql_copy_out, plain_url, out, org)
+                )
+        peak = peak_rss_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    return {
+        "rows": rows,
+        "import_rows_s": rows / import_s,
+        "psql_in_rows_s": rows / copy_in_s,
+        "export_rows_s": rows / export_s,
+        "psql_out_rows_s": rows / copy_out_s,
+        "import_ratio": copy_in_s / import_s,
+        "export_ratio": copy_out_s / export_s,
+        "peak_rss_mb": peak,
+    }
+
+
+def run(admin_url: str, rows: int) -> dict[str, float]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    csv_path = OUT / f"academic_years_{rows}.csv"
+    generate(csv_path, rows)
+    name = f"bench_csv_{uuid.uuid4().hex[:10]}"
+    base = make_url(admin_url)
+    admin = base.render_as_string(hide_password=False)
+    psql(admin, f'CREATE DATABASE "{name}"')
+    plain = base.set(database=name).render_as_string(hide_password=False)
+    db_url = base.set(drivername="postgresql+asyncpg", database=name)
+    db_url_text = db_url.render_as_string(hide_password=False)
+    try:
+        subprocess.run([sys.executable, "-m", "academic_years_service", "migrate"], check=True,
+                       env=dict(os.environ, DATABASE_URL=db_url_text), cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        return asyncio.run(measure(db_url_text, plain, csv_path, rows))
+    finally:
+        psql(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def report(r: dict[str, float]) -> None:
+    rows = int(r["rows"])
+    print(f"\n{rows:,} rows, file {OUT / f'academic_years_{rows}.csv'}")
+    print(f"  import via gRPC  {r['import_rows_s']:>12,.0f} rows/s")
+    print(
+        f"  psql \\copy in    {r['psql_in_rows_s']:>12,.0f} rows/s   ratio {r['import_ratio']:.2f}"
+    )
+    print(f"  export via gRPC  {r['export_rows_s']:>12,.0f} rows/s")
+    print(
+        f"  psql \\copy out   {r['psql_out_rows_s']:>12,.0f} rows/s   ratio {r['export_ratio']:.2f}"
+    )
+    print(f"  server peak RSS  {r['peak_rss_mb']:>12.1f} MB (VmHWM)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--flat-memory", action="store_true",
+                        help="also run twice the rows and compare the peak RSS")  # fmt: skip
+    parser.add_argument("--admin-url", default=os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
+    args = parser.parse_args()
+    results = [run(args.admin_url, args.rows)]
+    report(results[0])
+    if args.flat_memory:
+        results.append(run(args.admin_url, args.rows * 2))
+        report(results[1])
+        a, b = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
+        print(f"\npeak RSS {a:.1f} MB for {args.rows:,} rows, {b:.1f} MB for {args.rows * 2:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Typed CSV cell parsers: each takes the non-empty cell text and returns a value or raises."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+CellParser = Callable[[str], Any]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_INT = re.compile(r"[+-]?\d{1,10}")
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+class CellError(ValueError):
+    """The cell's text is not a valid value; the message says what is expected."""
+
+
+def text(value: str) -> str:
+    return value
+
+
+def uuid_text(value: str) -> str:
+    """A UUID in its canonical 8-4-4-4-12 form, returned lower-case."""
+    if _UUID.fullmatch(value) is None:
+        raise CellError("must be a UUID")
+    return value.lower()
+
+
+def date(value: str) -> dt.date:
+    """Strictly YYYY-MM-DD, and a real calendar day."""
+    if _DATE.fullmatch(value) is None:
+        raise CellError("must be a date as YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise CellError("is not a calendar date") from None
+
+
+def boolean(value: str) -> bool:
+    """true/false/1/0 in any case."""
+    try:
+        return _BOOLS[value.lower()]
+    except KeyError:
+        raise CellError("must be true, false, 1 or 0") from None
+
+
+def int32(value: str) -> int:
+    if _INT.fullmatch(value) is None:
+        raise CellError("must be an integer")
+    number = int(value)
+    if not INT32_MIN <= number <= INT32_MAX:
+        raise CellError("is out of the 32-bit integer range")
+    return number
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_text(value: str) -> str | None:
+    """Any JSON value, returned as compact JSON text; JSON null is None (stored as NULL)."""
+    try:
+        parsed = json.loads(value, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise CellError("must be a JSON text") from None
+    if parsed is None:
+        return None
+    return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)

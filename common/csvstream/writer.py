@@ -1,0 +1,84 @@
+"""Streaming CSV export: rows in, UTF-8 chunks of about `CHUNK_BYTES` out."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, case, func, literal
+
+from common.csvstream.progress import RateLog
+
+CHUNK_BYTES = 64 * 1024
+CONTENT_TYPE = "text/csv; charset=utf-8"
+# A spreadsheet may run a cell starting with one of these as a formula.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value: str) -> str:
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
+def formula_safe(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """The same rule in SQL, so text leaves the database already escaped."""
+    first = func.substr(column, 1, 1)
+    return case(
+        (first.in_(FORMULA_TRIGGERS), literal("'", String) + column),
+        else_=column,
+    )
+
+
+def header_line(header: Sequence[str], terminator: str = "\r\n") -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=terminator).writerow(header)
+    return buffer.getvalue().encode()
+
+
+async def encode_rows(
+    header: Sequence[str],
+    batches: AsyncIterable[Sequence[Sequence[Any]]],
+    *,
+    label: str,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> AsyncIterator[bytes]:
+    """CSV text of `batches` (cells already escaped; None written empty) in chunks.
+    Records end with CRLF, which also makes the writer quote any field holding a CR."""
+    rate, rows = RateLog(label, "export"), 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    async for batch in batches:
+        writer.writerows(batch)
+        rows += len(batch)
+        rate.tick(rows)
+        if buffer.tell() >= chunk_bytes:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue().encode()
+    rate.done(rows)
+
+
+async def rechunk(
+    pieces: AsyncIterable[bytes], *, label: str, chunk_bytes: int = CHUNK_BYTES
+) -> AsyncIterator[bytes]:
+    """Joins small pieces of CSV text into chunks of about `chunk_bytes`, counting lines."""
+    rate, lines, held, size = RateLog(label, "export"), 0, list[bytes](), 0
+    async for piece in pieces:
+        held.append(piece)
+        size += len(piece)
+        if size >= chunk_bytes:
+            data = b"".join(held)
+            held.clear()
+            size = 0
+            lines += data.count(b"\n")
+            rate.tick(lines)
+            yield data
+    if held:
+        data = b"".join(held)
+        lines += data.count(b"\n")
+        yield data
+    rate.done(lines)
