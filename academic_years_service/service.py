@@ -52,9 +52,15 @@ def _import_hash(value: str) -> str:
     return value
 
 
+def _csv_name(value: str) -> str:
+    if len(value) > MAX_NAME_LENGTH:
+        raise CellError(f"must be at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
 CSV_COLUMNS = (
     CsvColumn("id", uuid_text),
-    CsvColumn("name"),
+    CsvColumn("name", _csv_name),
     CsvColumn("start_date", date),
     CsvColumn("end_date", date),
     CsvColumn("current", boolean),
