@@ -350,3 +350,57 @@ async def test_the_academic_years_service_runs_as_the_app_role(
     finally:
         await channel.close()
         await running.shutdown(1.0)
+
+
+async def test_csv_import_and_export_run_as_the_app_role(
+    app_server: tuple[RunningServer, aio.Channel], owner_db: Database, world: dict[str, Caller]
+) -> None:
+    from tests.csv_support import bodies, collect, csv_bytes, parse_csv
+
+    stub = progress_pb2_grpc.UserProgressServiceStub(app_server[1])
+    me = world["me"]
+    data = csv_bytes(
+        [
+            ["progress_type", "item_id", "value", "score", "metadata"],
+            ["sign_learned", "csv-1", "a", "1", "{}"],
+            ["sign_learned", "me", "updated", "", ""],  # an existing row: the update path
+        ]
+    )
+    summary = await stub.ImportUserProgressCsv(bodies(data), metadata=me.md)
+    assert (summary.created, summary.updated) == (1, 1)
+    exported = parse_csv(
+        await collect(stub.ExportUserProgressCsv(pb.ExportUserProgressCsvRequest(), metadata=me.md))
+    )
+    assert sorted(r[1] for r in exported[1:]) == ["csv-1", "me"]
+    assert await owner_items(owner_db) == {
+        "me": "updated",
+        "csv-1": "a",
+        "colleague": None,
+        "stranger": None,
+    }
+
+
+async def test_academic_years_csv_runs_as_the_app_role(app_url: str, years: dict[str, str]) -> None:
+    from academic_years.v1 import academic_years_pb2 as ay_pb
+    from academic_years.v1 import academic_years_pb2_grpc
+
+    from tests.academic_years_support import staff
+    from tests.csv_support import bodies, collect, csv_bytes, parse_csv
+
+    running = await start_server(AY_DEFINITION, settings_for("academic_years", app_url))
+    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        client = academic_years_pb2_grpc.AcademicYearsServiceStub(channel)
+        me = staff(years["mine"])
+        data = csv_bytes([["name", "importHash"], ["imported", f"h-{new_uuid()}"]])
+        summary = await client.ImportAcademicYearsCsv(bodies(data), metadata=me.md)
+        assert summary.created == 1
+        exported = parse_csv(
+            await collect(
+                client.ExportAcademicYearsCsv(ay_pb.ListAcademicYearsRequest(), metadata=me.md)
+            )
+        )
+        assert sorted(r[1] for r in exported[1:]) == ["imported", "mine"]
+    finally:
+        await channel.close()
+        await running.shutdown(1.0)
