@@ -418,3 +418,54 @@ async def test_service_started_before_the_database_serves_once_it_is_up(
             proc.wait()
         if not (cluster.data / "postmaster.pid").exists():
             cluster.start()
+
+
+async def test_an_import_cancelled_mid_stream_leaves_nothing_and_no_open_transaction(
+    pg: tuple[str, Database], pg_server: tuple[RunningServer, aio.Channel]
+) -> None:
+    from google.api import httpbody_pb2
+
+    _url, db = pg
+    client = progress_pb2_grpc.UserProgressServiceStub(pg_server[1])
+    caller = Caller()
+    sent_a_lot, never = asyncio.Event(), asyncio.Event()
+    header = b"progress_type,item_id,value,score,metadata\n"
+    block = b"".join(f"{SIGN},item-{i},v,{i},{{}}\n".encode() for i in range(5000))
+
+    async def upload() -> AsyncIterator[httpbody_pb2.HttpBody]:
+        yield httpbody_pb2.HttpBody(data=header)
+        for _ in range(8):  # 40 000 rows, enough for the server to be staging them
+            yield httpbody_pb2.HttpBody(data=block)
+        sent_a_lot.set()
+        await never.wait()
+
+    call = client.ImportUserProgressCsv(upload(), metadata=caller.md)
+    await sent_a_lot.wait()
+    # The server is inside its transaction now: rows are staged, nothing is committed.
+    await eventually(lambda: _has_open_transaction(db), 10, "the import's transaction is open")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await eventually(lambda: _no_open_transaction(db), 5, "the import's transaction is gone")
+    async with db.transaction() as conn:
+        rows = await conn.execute(
+            select(user_progress.c.id).where(user_progress.c.userId == caller.sub)
+        )
+        assert rows.all() == []
+    row = await client.UpsertUserProgress(upsert_request("after"), metadata=caller.md)
+    assert row.item_id == "after"  # the pool is healthy
+
+
+async def _has_open_transaction(db: Database) -> bool:
+    async with db.transaction() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+            )
+        )
+        return int(count or 0) > 0
+
+
+async def _no_open_transaction(db: Database) -> bool:
+    return not await _has_open_transaction(db)
