@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.config import Settings
 from common.db import Database
+from common.errors import UnavailableError
 from common.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
@@ -146,11 +147,15 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
             await db.ping()
             return
         except Exception as exc:
+            reason = str(exc.__cause__ or exc)
             if attempt == attempts:
-                raise
+                # The cause, not just "unavailable": this is the line an operator reads last.
+                raise UnavailableError(
+                    f"database not reachable after {attempts} attempts: {reason}"
+                ) from exc
             log.warning(
                 "database not reachable, retrying",
-                extra={"attempt": attempt, "of": attempts, "error": str(exc.__cause__ or exc)},
+                extra={"attempt": attempt, "of": attempts, "error": reason},
             )
             await asyncio.sleep(min(delay * attempt, 5.0))
 

@@ -469,3 +469,20 @@ async def _has_open_transaction(db: Database) -> bool:
 
 async def _no_open_transaction(db: Database) -> bool:
     return not await _has_open_transaction(db)
+
+
+async def test_giving_up_on_the_database_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    from common.errors import UnavailableError
+    from common.server import wait_for_database
+
+    port = free_port()
+    db = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/nowhere")
+    try:
+        with pytest.raises(UnavailableError) as raised:
+            await wait_for_database(db, attempts=2, delay=0.01)
+    finally:
+        await db.dispose()
+    message = str(raised.value)
+    assert "after 2 attempts" in message and (str(port) in message or "refused" in message.lower())
+    retries = [r for r in caplog.records if r.getMessage() == "database not reachable, retrying"]
+    assert [getattr(r, "attempt", None) for r in retries] == [1]
