@@ -220,3 +220,29 @@ async def test_academic_years_import_needs_create_permission(academic_years: Har
     )
     assert err.reason == "MISSING_PERMISSION"
     assert await year_rows(academic_years, reader.org) == []
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/progress.v1.UserProgressService/ImportUserProgressCsv",
+        "/academic_years.v1.AcademicYearsService/ImportAcademicYearsCsv",
+    ],
+)
+async def test_undecodable_stream_message_is_invalid_argument(
+    progress: Harness, academic_years: Harness, method: str
+) -> None:
+    harness = progress if method.startswith("/progress") else academic_years
+    caller = staff()
+
+    header = ",".join(P_HEADER if harness is progress else ["name"]).encode() + b"\n"
+
+    async def messages() -> Any:
+        yield bytes([0x12, len(header)]) + header  # HttpBody.data = the header: a fine message
+        yield b"\xff\xff\xff\xff"  # then bytes that are no message at all
+
+    call = harness.channel.stream_unary(method)(messages(), metadata=caller.md)
+    err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert err.reason == "MALFORMED_REQUEST"
+    assert await year_rows(harness, caller.org) == []
+    assert await progress_rows(harness, caller) == []
