@@ -246,3 +246,37 @@ async def test_undecodable_stream_message_is_invalid_argument(
     assert err.reason == "MALFORMED_REQUEST"
     assert await year_rows(harness, caller.org) == []
     assert await progress_rows(harness, caller) == []
+
+
+@pytest.mark.parametrize(
+    ("persona", "import_code"),
+    [
+        ("same_org_other_user", grpc.StatusCode.OK),
+        ("other_org", grpc.StatusCode.OK),
+        ("other_org_same_user_id", grpc.StatusCode.OK),
+        ("global_access", grpc.StatusCode.PERMISSION_DENIED),
+        ("no_organization", grpc.StatusCode.UNAUTHENTICATED),
+    ],
+)
+async def test_progress_csv_matrix(
+    progress: Harness, persona: str, import_code: grpc.StatusCode
+) -> None:
+    from tests.test_tenant_isolation import owner_rows, personas
+
+    owner = Caller()
+    await p_csv.import_csv(progress, owner, csv_bytes([P_HEADER, [SIGN, "secret", "s", "", ""]]))
+    before = await owner_rows(progress, owner)
+    who = personas(owner)[persona]
+    data = csv_bytes([P_HEADER, [SIGN, "secret", "overwritten?", "", ""]])
+    code, _ = await outcome(p_csv.import_csv(progress, who, data))
+    assert code == import_code
+    code, exported = await outcome(
+        collect(
+            p_csv.stub(progress).ExportUserProgressCsv(
+                ppb.ExportUserProgressCsvRequest(), metadata=who.md
+            )
+        )
+    )
+    if code == grpc.StatusCode.OK:
+        assert [r[2] for r in parse_csv(exported)[1:]] in ([], ["overwritten?"])
+    assert await owner_rows(progress, owner) == before
