@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 GEN    := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install protos run test lint fmt migrate clean
+.PHONY: help install protos run test test-faults lint fmt migrate clean
 
 help:
 	@echo "make run      serve both services on the embedded SQLite default"
@@ -48,6 +48,9 @@ migrate: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: install
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -76,8 +76,17 @@ def _string_list_claim(claims: dict[str, Any], name: str) -> list[str]:
     return value
 
 
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    # PyJWT reads "exp": "123" as a number; RFC 7519 says a NumericDate is a JSON number.
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UnauthenticatedError(f"token claim {name!r} must be a number")
+
+
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     """Check the claims' types and build the principal."""
+    _check_numeric_dates(claims)
     global_access = claims.get("global_access", False)
     if not isinstance(global_access, bool):
         raise UnauthenticatedError("token claim 'global_access' must be a boolean")
