@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 GEN    := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install protos run test lint fmt migrate clean
+.PHONY: help install protos run test test-faults lint fmt migrate clean
 
 help:
 	@echo "make run      serve both services on the embedded SQLite default"
@@ -49,6 +49,9 @@ migrate: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-faults: install
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -69,3 +72,9 @@ clean:
 .PHONY: bench-csv
 bench-csv: install
 	$(PY) bench/csv_bench.py $(BENCH_ARGS)
+
+.PHONY: bench
+# Services against the bare asyncpg baseline on PostgreSQL (BENCH_DATABASE_URL, TEST_DATABASE_URL
+# or the local default); prints a table and writes bench/out/results.json. BENCH_ARGS=--quick.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)

@@ -15,6 +15,9 @@ CREATE = "CREATE_ACADEMIC_YEARS"
 UPDATE = "UPDATE_ACADEMIC_YEARS"
 DELETE = "DELETE_ACADEMIC_YEARS"
 
+# Names are b-tree indexed: 500 characters (at most 2000 bytes) stays under PostgreSQL's limit.
+MAX_NAME_LENGTH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class AcademicYearInput:

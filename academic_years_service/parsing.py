@@ -7,8 +7,14 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from academic_years_service.domain import AcademicYearFilter, Bounds, FilterRequest
+from academic_years_service.domain import (
+    MAX_NAME_LENGTH,
+    AcademicYearFilter,
+    Bounds,
+    FilterRequest,
+)
 from common.errors import FieldViolation
+from common.validation import text_violations
 
 T = TypeVar("T")
 
@@ -51,7 +57,7 @@ def timestamp(value: str, field: str, violations: list[FieldViolation]) -> dt.da
         text = re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", text)
         try:
             return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: the offset leaves years 1-9999
             pass
     violations.append(FieldViolation(field, "must be a date or an RFC 3339 timestamp"))
     return None
@@ -103,6 +109,8 @@ def created_range(
     lower = ends[0][0] if ends[0] else None
     upper = ends[1]
     if upper is not None and upper[1]:
+        if upper[0].date() == dt.date.max:  # no day after it: the bound is open
+            return None if lower is None else Bounds(lower, None)
         return Bounds(lower, upper[0] + ONE_DAY, upper_exclusive=True)
     return Bounds(lower, upper[0] if upper else None)
 
@@ -112,6 +120,11 @@ def organizations(value: str, violations: list[FieldViolation]) -> tuple[str, ..
     ids = [uuid(p, "organization", violations) for p in parts]
     clean = tuple(sorted({i for i in ids if i is not None}))
     return clean or None
+
+
+def _name_filter(value: str, violations: list[FieldViolation]) -> str | None:
+    violations.extend(text_violations(value, "name", MAX_NAME_LENGTH))
+    return value or None
 
 
 def filter_from(request: FilterRequest, violations: list[FieldViolation]) -> AcademicYearFilter:
@@ -124,7 +137,7 @@ def filter_from(request: FilterRequest, violations: list[FieldViolation]) -> Aca
     calendar = Bounds(start, end) if start is not None and end is not None else None
     return AcademicYearFilter(
         id=uuid(request.id, "id", violations) if request.id else None,
-        name=request.name or None,
+        name=_name_filter(request.name, violations),
         calendar=calendar,
         start_date=date_range(request.start_date_range, "start_date_range", violations),
         end_date=date_range(request.end_date_range, "end_date_range", violations),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Update,
     Uuid,
     and_,
+    bindparam,
     cast,
     exists,
     false,
@@ -144,6 +146,42 @@ def order_by(ordering: Ordering) -> list[Any]:
     return [key, t.c.id.desc() if ordering.descending else t.c.id.asc()]
 
 
+def tenant_scope(organization_id: Any) -> ColumnElement[bool]:
+    """Live rows of one organization; all organizations when `organization_id` is None."""
+    clauses: list[ColumnElement[bool]] = [t.c.deletedAt.is_(None)]
+    if organization_id is not None:
+        clauses.append(t.c.organizationId == organization_id)
+    return and_(*clauses)
+
+
+# Get serves every detail view: its statements are built once, with bind parameters, since
+# building them per call cost about as much as running them.
+@cache
+def _get_statement(global_access: bool) -> Select[Any]:
+    o = organizations
+    scope = tenant_scope(None if global_access else bindparam("scope_org"))
+    return (
+        select(*_COLUMNS, o.c.id, o.c.name)
+        .select_from(t)
+        .outerjoin(o, o.c.id == t.c.organizationId)
+        .where(scope, t.c.id == bindparam("year_id"))
+    )
+
+
+@cache
+def _references_statement(table: Table, without_org: bool) -> Select[Any]:
+    """Live rows of `table` for a year, in the year's organization, by name."""
+    org = table.c.organizationId
+    same_org = org.is_(None) if without_org else org == bindparam("org")
+    return (
+        select(table.c.id, table.c.name)
+        .where(
+            table.c.academic_yearId == bindparam("year_id"), same_org, table.c.deletedAt.is_(None)
+        )
+        .order_by(table.c.name.asc().nulls_last(), table.c.id)
+    )
+
+
 class AcademicYearsRepository:
     """Only the live rows of the caller's organization (all organizations for global access)."""
 
@@ -154,10 +192,7 @@ class AcademicYearsRepository:
 
     def _scope(self) -> ColumnElement[bool]:
         """The one tenant rule every statement below is built on."""
-        clauses: list[ColumnElement[bool]] = [t.c.deletedAt.is_(None)]
-        if self._organization_id is not None:
-            clauses.append(t.c.organizationId == self._organization_id)
-        return and_(*clauses)
+        return tenant_scope(self._organization_id)
 
     def scoped(self, *columns: Any) -> Select[Any]:
         return select(*columns).select_from(t).where(self._scope())
@@ -236,13 +271,9 @@ class AcademicYearsRepository:
 
     async def get(self, year_id: str) -> AcademicYear | None:
         """The year with its organization (one joined query) and each association (one each)."""
-        o = organizations
-        statement = (
-            self.scoped(*_COLUMNS, o.c.id, o.c.name)
-            .outerjoin(o, o.c.id == t.c.organizationId)
-            .where(t.c.id == year_id)
-        )
-        row = (await self._conn.execute(statement)).one_or_none()
+        params = {"year_id": year_id, "scope_org": self._organization_id}
+        statement = _get_statement(self._organization_id is None)
+        row = (await self._conn.execute(statement, params)).one_or_none()
         if row is None:
             return None
         year = _to_domain(row)
@@ -255,15 +286,9 @@ class AcademicYearsRepository:
         )
 
     async def _references(self, table: Table, year: AcademicYear) -> list[Reference]:
-        """Live rows of `table` for the year, in the year's organization, by name."""
-        org = table.c.organizationId
-        same_org = org.is_(None) if year.organization_id is None else org == year.organization_id
-        statement = (
-            select(table.c.id, table.c.name)
-            .where(table.c.academic_yearId == year.id, same_org, table.c.deletedAt.is_(None))
-            .order_by(table.c.name.asc().nulls_last(), table.c.id)
-        )
-        return [Reference(*row) for row in await self._conn.execute(statement)]
+        statement = _references_statement(table, year.organization_id is None)
+        params = {"year_id": year.id, "org": year.organization_id}
+        return [Reference(*row) for row in await self._conn.execute(statement, params)]
 
     async def page(
         self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest

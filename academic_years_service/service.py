@@ -9,6 +9,7 @@ from academic_years_service import parsing
 from academic_years_service.domain import (
     CREATE,
     DELETE,
+    MAX_NAME_LENGTH,
     NOT_FOUND_CODE,
     READ,
     UPDATE,
@@ -38,6 +39,7 @@ from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import assert_authenticated_tenant_user, require_permission
+from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
 MAX_IMPORT_HASH_LENGTH = 255  # the column's width
@@ -50,9 +52,15 @@ def _import_hash(value: str) -> str:
     return value
 
 
+def _csv_name(value: str) -> str:
+    if len(value) > MAX_NAME_LENGTH:
+        raise CellError(f"must be at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
 CSV_COLUMNS = (
     CsvColumn("id", uuid_text),
-    CsvColumn("name"),
+    CsvColumn("name", _csv_name),
     CsvColumn("start_date", date),
     CsvColumn("end_date", date),
     CsvColumn("current", boolean),
@@ -81,6 +89,7 @@ def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYe
     year_id = None if data.id is None else parsing.uuid(data.id, f"{prefix}id", violations)
     start = parsing.date_or_none(data.start_date, f"{prefix}start_date", violations)
     end = parsing.date_or_none(data.end_date, f"{prefix}end_date", violations)
+    violations += text_violations(data.name, f"{prefix}name", MAX_NAME_LENGTH)
     organization_id = None
     if data.organization_id is not None:
         organization_id = parsing.uuid(data.organization_id, f"{prefix}organization_id", violations)
@@ -158,7 +167,7 @@ class AcademicYearsService:
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         authorize(principal, CREATE)
         values = validate_input(data)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).create(
                 values.id or new_id(), values
             )
@@ -171,7 +180,7 @@ class AcademicYearsService:
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).update(year_id, values)
         if year is None:
             raise not_found()
@@ -180,7 +189,7 @@ class AcademicYearsService:
     async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
         authorize(principal, DELETE)
         year_id = _id(year_id, "id")
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).soft_delete(year_id)
         if year is None:
             raise not_found()
@@ -194,7 +203,7 @@ class AcademicYearsService:
         clean = {parsing.uuid(v, f"ids[{i}]", violations) for i, v in enumerate(year_ids)}
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).soft_delete_many(
                 sorted(i for i in clean if i is not None)
             )
@@ -202,7 +211,7 @@ class AcademicYearsService:
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
         authorize(principal, READ)
         year_id = _id(year_id, "id")
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).get(year_id)
         if year is None:
             raise not_found()
@@ -214,14 +223,14 @@ class AcademicYearsService:
         authorize(principal, READ)
         f, ordering = parse_filter(request)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             rows, count = await AcademicYearsRepository(conn, principal).page(f, ordering, paging)
         return Page(rows, count)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         authorize(principal, READ)
         f, _ordering = parse_filter(request)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).count(f)
 
     async def autocomplete(
@@ -233,11 +242,12 @@ class AcademicYearsService:
             violations.append(FieldViolation("limit", "must not be negative"))
         if offset < 0:
             violations.append(FieldViolation("offset", "must not be negative"))
+        violations += text_violations(query, "query", MAX_NAME_LENGTH)
         if violations:
             raise ValidationError(violations)
         query = query.strip()
         query_id = parsing.uuid(query, "query", []) if query else None
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
@@ -251,7 +261,7 @@ class AcademicYearsService:
         reader = CsvReader(
             chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
         )
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             repository = AcademicYearsRepository(conn, principal)
             staging = await repository.stage_import(reader.rows())
             reader.raise_if_invalid()
@@ -266,7 +276,7 @@ class AcademicYearsService:
         """Every matching year (List's filters and order, no paging) as CSV chunks."""
         authorize(principal, READ)
         f, ordering = parse_filter(request)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             statement = AcademicYearsRepository(conn, principal).export_statement(f, ordering)
             label = "academic_years export"
             async with stream_csv(conn, statement, EXPORT_HEADER, label=label) as chunks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -75,8 +76,17 @@ def _string_list_claim(claims: dict[str, Any], name: str) -> list[str]:
     return value
 
 
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    # PyJWT reads "exp": "123" as a number; RFC 7519 says a NumericDate is a JSON number.
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UnauthenticatedError(f"token claim {name!r} must be a number")
+
+
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     """Check the claims' types and build the principal."""
+    _check_numeric_dates(claims)
     global_access = claims.get("global_access", False)
     if not isinstance(global_access, bool):
         raise UnauthenticatedError("token claim 'global_access' must be a boolean")
@@ -96,7 +106,12 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
 
 
 class TokenVerifier:
-    """Verifies tokens against exactly one configured key and algorithm."""
+    """Verifies tokens against exactly one configured key and algorithm.
+
+    A verified token's principal is kept for `cache_seconds` (bounded by the token's own exp and
+    nbf), keyed by the raw token: signature checks and claim parsing were a visible share of a
+    short RPC, and callers send the same token many times. Failures are never cached.
+    """
 
     def __init__(self, settings: JwtSettings) -> None:
         self._settings = settings
@@ -106,15 +121,42 @@ class TokenVerifier:
             "verify_aud": settings.audience is not None,
             "verify_iss": settings.issuer is not None,
         }
+        self._cache: dict[str, tuple[Principal, float, float]] = {}
 
     def verify(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, valid_from, valid_until = cached
+            if valid_from <= now < valid_until:
+                return principal
+            del self._cache[token]
+        claims = self._decode(token)
+        principal = principal_from_claims(claims)
+        if self._settings.cache_size:
+            self._remember(token, principal, claims, now)
+        return principal
+
+    def _remember(
+        self, token: str, principal: Principal, claims: dict[str, Any], now: float
+    ) -> None:
+        """Cache until the earliest of our TTL and the token's own expiry; evict the oldest."""
+        leeway = self._settings.leeway_seconds
+        valid_until = min(now + self._settings.cache_seconds, float(claims["exp"]) + leeway)
+        nbf = claims.get("nbf")
+        valid_from = float(nbf) - leeway if isinstance(nbf, int | float) else float("-inf")
+        if len(self._cache) >= self._settings.cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[token] = (principal, valid_from, valid_until)
+
+    def _decode(self, token: str) -> dict[str, Any]:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise UnauthenticatedError("bearer token is empty or too large")
         try:
             header = jwt.get_unverified_header(token)
             if _KEY_CHOOSING_HEADERS & header.keys():
                 raise UnauthenticatedError("token header may not name its own key")
-            claims = self._jwt.decode(
+            claims: dict[str, Any] = self._jwt.decode(
                 token,
                 self._settings.key,
                 algorithms=[self._settings.algorithm],
@@ -127,7 +169,7 @@ class TokenVerifier:
             raise UnauthenticatedError("token has expired") from None
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"invalid token: {exc}") from None
-        return principal_from_claims(claims)
+        return claims
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:

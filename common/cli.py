@@ -11,7 +11,7 @@ import sys
 from common.config import ConfigError, default_sqlite_url, load_settings
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
-from common.server import ServiceDefinition, serve
+from common.server import ServiceDefinition, run_loop, serve
 
 log = logging.getLogger("cli")
 
@@ -68,7 +68,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
 
         return run_workers(definition, env, settings.workers)
     try:
-        asyncio.run(serve(definition, settings))
+        run_loop(serve(definition, settings), settings)
     except Exception as exc:
         log.error("failed to serve: %s", exc)
         return 1

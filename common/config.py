@@ -31,6 +31,9 @@ class JwtSettings:
     issuer: str | None = None
     audience: str | None = None
     leeway_seconds: int = 30
+    # Verified tokens are reused for a short while (TOKEN_CACHE_SIZE=0 turns this off).
+    cache_size: int = 1024
+    cache_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ class Settings:
     tls: TlsSettings | None = None
     grace_seconds: float = 10.0
     max_message_bytes: int = 8 * 1024 * 1024
+    uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
+    db_pool_size: int = 10
+    db_max_overflow: int = 0  # overflow connections are closed on return: churn under load
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
 
@@ -96,7 +102,7 @@ def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
             ) from exc
         if hasattr(key, "private_bytes"):
             raise ConfigError("JWT_PUBLIC_KEY_FILE holds a private key; give the public key only")
-        return JwtSettings(algorithm, key, issuer, audience, leeway)
+        return JwtSettings(algorithm, key, issuer, audience, leeway, _cache_size(env))
     if not secret:
         raise ConfigError(
             "no token key: set JWT_SECRET (HS256, at least 32 bytes) or "
@@ -107,7 +113,17 @@ def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
         raise ConfigError(f"JWT_SECRET goes with an HMAC JWT_ALGORITHM, not {algorithm}")
     if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
         raise ConfigError(f"JWT_SECRET is too weak: use at least {MIN_HMAC_SECRET_BYTES} bytes")
-    return JwtSettings(algorithm, secret.encode(), issuer, audience, leeway)
+    return JwtSettings(algorithm, secret.encode(), issuer, audience, leeway, _cache_size(env))
+
+
+def _cache_size(env: Mapping[str, str]) -> int:
+    try:
+        size = int(env.get("TOKEN_CACHE_SIZE", "1024"))
+    except ValueError as exc:
+        raise ConfigError(f"TOKEN_CACHE_SIZE is not a number: {exc}") from exc
+    if size < 0:
+        raise ConfigError("TOKEN_CACHE_SIZE must not be negative")
+    return size
 
 
 def _tls(env: Mapping[str, str]) -> TlsSettings | None:
@@ -134,10 +150,14 @@ def load_settings(
     try:
         workers = int(env.get("WORKERS", "1"))
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
+        pool_size = int(env.get("DB_POOL_SIZE", "10"))
+        max_overflow = int(env.get("DB_MAX_OVERFLOW", "0"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
     if workers < 1:
         raise ConfigError("WORKERS must be at least 1")
+    if pool_size < 1 or max_overflow < 0:
+        raise ConfigError("DB_POOL_SIZE must be at least 1 and DB_MAX_OVERFLOW at least 0")
     return Settings(
         service=service,
         database_url=_opt(env, "DATABASE_URL") or default_sqlite_url(service),
@@ -148,4 +168,7 @@ def load_settings(
         log_format=log_format,
         tls=_tls(env),
         grace_seconds=grace,
+        db_pool_size=pool_size,
+        db_max_overflow=max_overflow,
+        uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import multiprocessing
@@ -14,7 +13,7 @@ from types import FrameType
 
 from common.config import load_settings
 from common.logs import setup_logging
-from common.server import ServiceDefinition, serve
+from common.server import ServiceDefinition, run_loop, serve
 
 log = logging.getLogger("workers")
 
@@ -24,7 +23,7 @@ def _worker(definition: ServiceDefinition, env: Mapping[str, str], index: int) -
     settings = load_settings(definition.name, definition.default_addr, env)
     settings = dataclasses.replace(settings, worker_index=index)
     setup_logging(settings.log_format)
-    asyncio.run(serve(definition, settings))
+    run_loop(serve(definition, settings), settings)
 
 
 def run_workers(definition: ServiceDefinition, env: Mapping[str, str], count: int) -> int:

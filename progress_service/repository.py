@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     Column,
     ColumnElement,
+    Executable,
     Integer,
     Row,
     Select,
     Table,
     Text,
     and_,
+    bindparam,
     cast,
     func,
     literal,
@@ -21,6 +24,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -59,6 +63,91 @@ def _to_domain(row: Row[Any] | Sequence[Any]) -> UserProgress:
     return UserProgress(*row)
 
 
+# Statements are built once, with bind parameters, for each shape a call can take: building
+# them per call (and hashing their cache keys) cost more than running them on the hot paths.
+def _owner_scope(user_id: Any, organization_id: Any) -> list[ColumnElement[bool]]:
+    """The caller's live rows: its own, in its organization unless it has global access."""
+    clauses = [t.c.userId == user_id, t.c.deletedAt.is_(None)]
+    if organization_id is not None:
+        clauses.append(t.c.organizationId == organization_id)
+    return clauses
+
+
+def _matching(with_org: bool, with_item: bool) -> ColumnElement[bool]:
+    clauses = _owner_scope(bindparam("b_user"), bindparam("b_org") if with_org else None)
+    clauses.append(t.c.progress_type == bindparam("b_type"))
+    if with_item:
+        clauses.append(t.c.item_id == bindparam("b_item"))
+    return and_(*clauses)
+
+
+@cache
+def _count_statement(with_org: bool, with_item: bool) -> Executable:
+    return select(func.count()).select_from(t).where(_matching(with_org, with_item))
+
+
+@cache
+def _page_statement(with_org: bool, with_item: bool) -> Executable:
+    return (
+        select(*_COLUMNS)
+        .where(_matching(with_org, with_item))
+        .order_by(t.c.createdAt.desc(), t.c.id.desc())
+        .limit(bindparam("b_limit"))
+        .offset(bindparam("b_offset"))
+    )
+
+
+@cache
+def _soft_delete_statement(with_org: bool) -> Executable:
+    return (
+        update(t)
+        .where(_matching(with_org, with_item=True))
+        .values(
+            deletedAt=bindparam("b_now"),
+            updatedAt=bindparam("b_now"),
+            updatedById=bindparam("b_user"),
+        )
+    )
+
+
+_UPSERT_VALUES = (
+    "id",
+    "progress_type",
+    "item_id",
+    "value",
+    "score",
+    "metadata",
+    "organizationId",
+    "campusId",
+    "userId",
+    "createdById",
+    "updatedById",
+    "createdAt",
+    "updatedAt",
+)
+
+
+@cache
+def _upsert_statement(dialect: str) -> Executable:
+    """One atomic INSERT … ON CONFLICT on the connection's dialect."""
+    insert = (postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)).values(
+        {name: bindparam(name, type_=t.c[name].type) for name in _UPSERT_VALUES}
+    )
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=_CONFLICT_KEY,
+        index_where=t.c.deletedAt.is_(None),
+        set_={
+            "value": excluded.value,
+            "score": excluded.score,
+            "metadata": excluded["metadata"],
+            "campusId": excluded.campusId,
+            "updatedById": excluded.updatedById,
+            "updatedAt": excluded.updatedAt,
+        },
+    ).returning(*_COLUMNS)
+
+
 class UserProgressRepository:
     """The caller's own live rows, and nothing else, are reachable through this object."""
 
@@ -69,73 +158,55 @@ class UserProgressRepository:
         self._organization_id = get_organization_id_or_global(principal)
 
     def _scope(self) -> ColumnElement[bool]:
-        clauses = [t.c.userId == self._user_id, t.c.deletedAt.is_(None)]
-        if self._organization_id is not None:
-            clauses.append(t.c.organizationId == self._organization_id)
-        return and_(*clauses)
+        return and_(*_owner_scope(self._user_id, self._organization_id))
 
-    def _matching(self, progress_type: str, item_id: str | None) -> ColumnElement[bool]:
-        clauses = [self._scope(), t.c.progress_type == progress_type]
-        if item_id is not None:
-            clauses.append(t.c.item_id == item_id)
-        return and_(*clauses)
+    def _binds(self, progress_type: str) -> dict[str, Any]:
+        """Bind values for the caller's scope; the organization only when not global."""
+        scope = {"b_user": self._user_id, "b_type": progress_type}
+        if self._organization_id is not None:
+            scope["b_org"] = self._organization_id
+        return scope
 
     async def upsert(self, data: UserProgressInput) -> tuple[UserProgress, bool]:
         """One atomic INSERT … ON CONFLICT; returns the row and whether it was created."""
         now = utcnow()
-        insert = upsert_insert(self._conn, t).values(
-            id=new_id(),
-            progress_type=data.progress_type,
-            item_id=data.item_id,
-            value=data.value,
-            score=data.score,
-            metadata=data.metadata,
-            organizationId=require_organization_id(self._principal),
-            campusId=self._principal.campus_id,
-            userId=self._user_id,
-            createdById=self._user_id,
-            updatedById=self._user_id,
-            createdAt=now,
-            updatedAt=now,
-        )
-        excluded = insert.excluded
-        statement = insert.on_conflict_do_update(
-            index_elements=_CONFLICT_KEY,
-            index_where=t.c.deletedAt.is_(None),
-            set_={
-                "value": excluded.value,
-                "score": excluded.score,
-                "metadata": excluded["metadata"],
-                "campusId": excluded.campusId,
-                "updatedById": excluded.updatedById,
-                "updatedAt": excluded.updatedAt,
-            },
-        ).returning(*_COLUMNS)
-        row = (await self._conn.execute(statement)).one()
+        values = {
+            "id": new_id(),
+            "progress_type": data.progress_type,
+            "item_id": data.item_id,
+            "value": data.value,
+            "score": data.score,
+            "metadata": data.metadata,
+            "organizationId": require_organization_id(self._principal),
+            "campusId": self._principal.campus_id,
+            "userId": self._user_id,
+            "createdById": self._user_id,
+            "updatedById": self._user_id,
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        statement = _upsert_statement(self._conn.dialect.name)
+        row = (await self._conn.execute(statement, values)).one()
         record = _to_domain(row)
         return record, record.created_at == now
 
     async def list(
         self, progress_type: str, item_id: str | None, page: PageRequest
     ) -> tuple[list[UserProgress], int]:
-        where = self._matching(progress_type, item_id)
-        count = await self._conn.scalar(select(func.count()).select_from(t).where(where))
+        shape = (self._organization_id is not None, item_id is not None)
+        params = self._binds(progress_type)
+        if item_id is not None:
+            params["b_item"] = item_id
+        count = await self._conn.scalar(_count_statement(*shape), params)
         result = await self._conn.execute(
-            select(*_COLUMNS)
-            .where(where)
-            .order_by(t.c.createdAt.desc(), t.c.id.desc())
-            .limit(page.limit)
-            .offset(page.offset)
+            _page_statement(*shape), {**params, "b_limit": page.limit, "b_offset": page.offset}
         )
         return [_to_domain(row) for row in result], int(count or 0)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
-        now = utcnow()
-        result = await self._conn.execute(
-            update(t)
-            .where(self._matching(progress_type, item_id))
-            .values(deletedAt=now, updatedAt=now, updatedById=self._user_id)
-        )
+        params = self._binds(progress_type) | {"b_item": item_id, "b_now": utcnow()}
+        statement = _soft_delete_statement(self._organization_id is not None)
+        result = await self._conn.execute(statement, params)
         return int(result.rowcount)
 
     async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:

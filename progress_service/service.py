@@ -18,6 +18,7 @@ from common.db import Database
 from common.errors import FieldViolation, ValidationError
 from common.pagination import resolve_pagination
 from common.tenancy import assert_authenticated_tenant_user, require_organization_id
+from common.validation import NUL, json_violations, text_violations
 from progress_service.domain import (
     PROGRESS_TYPE_VALUES,
     ImportSummary,
@@ -37,9 +38,11 @@ def check_progress_type(value: str, field: str) -> list[FieldViolation]:
 
 
 def clean_item_id(value: str, field: str, violations: list[FieldViolation]) -> str:
-    """Trimmed item id; records a violation when it is empty or too long."""
+    """Trimmed item id; records a violation when it is empty, too long or holds a NUL."""
     item_id = value.strip()
-    if not item_id:
+    if NUL in item_id:
+        violations.extend(text_violations(item_id, field))
+    elif not item_id:
         violations.append(FieldViolation(field, "must not be empty"))
     elif len(item_id) > MAX_ITEM_ID_LENGTH:
         violations.append(FieldViolation(field, f"must be at most {MAX_ITEM_ID_LENGTH} characters"))
@@ -50,6 +53,8 @@ def validate_input(data: UserProgressInput, prefix: str = "data.") -> UserProgre
     """The input as it will be stored, or a ValidationError naming every bad field."""
     violations = check_progress_type(data.progress_type, f"{prefix}progress_type")
     item_id = clean_item_id(data.item_id, f"{prefix}item_id", violations)
+    violations += text_violations(data.value, f"{prefix}value")
+    violations += json_violations(data.metadata, f"{prefix}metadata")
     if violations:
         raise ValidationError(violations)
     return UserProgressInput(data.progress_type, item_id, data.value, data.score, data.metadata)
@@ -87,7 +92,7 @@ class UserProgressService:
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         assert_authenticated_tenant_user(principal)
         clean = validate_input(data)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             record, _created = await UserProgressRepository(conn, principal).upsert(clean)
         return record
 
@@ -103,10 +108,11 @@ class UserProgressService:
         violations = check_progress_type(progress_type, "progress_type")
         if item_id is not None:
             item_id = item_id.strip() or None
+            violations += text_violations(item_id, "item_id")
         if violations:
             raise ValidationError(violations)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             rows, count = await UserProgressRepository(conn, principal).list(
                 progress_type, item_id, paging
             )
@@ -118,7 +124,7 @@ class UserProgressService:
         clean_id = clean_item_id(item_id, "item_id", violations)
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             return await UserProgressRepository(conn, principal).soft_delete(
                 progress_type, clean_id
             )
@@ -131,7 +137,7 @@ class UserProgressService:
         reader = CsvReader(
             chunks, CSV_COLUMNS, limits=self._csv_limits, label="user_progress import"
         )
-        async with self._db.transaction(write=True) as conn:
+        async with self._db.transaction(write=True, principal=principal) as conn:
             repository = UserProgressRepository(conn, principal)
             staging = await repository.stage_import(reader.rows())
             reader.raise_if_invalid()
@@ -148,7 +154,7 @@ class UserProgressService:
             violations := check_progress_type(progress_type, "progress_type")
         ):
             raise ValidationError(violations)
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(principal=principal) as conn:
             statement = UserProgressRepository(conn, principal).export_statement(progress_type)
             label = "user_progress export"
             async with stream_csv(conn, statement, CSV_HEADER, label=label) as chunks:

@@ -40,7 +40,7 @@ def input_from_proto(data: progress_pb2.UserProgressInput) -> UserProgressInput:
         item_id=data.item_id,
         value=optional(data, "value"),
         score=optional(data, "score"),
-        metadata=json_from_value(data, "metadata"),
+        metadata=json_from_value(data, "metadata", "data.metadata"),
     )
 
 

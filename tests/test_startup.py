@@ -20,6 +20,7 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import ROOT
+from tests.support import head_revision
 
 
 def run(
@@ -60,7 +61,9 @@ def test_migrate_creates_tables_and_version_table_on_sqlite(tmp_path: Path) -> N
         [(version,)] = conn.execute("select version_num from alembic_version_progress")
     assert {"user_progress", "alembic_version_progress"} <= tables
     assert {"user_progress_owner_item_key", "user_progress_user_type_created"} <= indexes
-    assert version == "0001"
+    from progress_service.app import DEFINITION
+
+    assert version == head_revision(DEFINITION)
     again = run(["progress_service", "migrate"], {"DATABASE_URL": f"sqlite+aiosqlite:///{path}"})
     assert again.returncode == 0, again.stderr
 

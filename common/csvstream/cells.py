@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from common.validation import json_violations
+
 CellParser = Callable[[str], Any]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -71,4 +73,6 @@ def json_text(value: str) -> str | None:
         raise CellError("must be a JSON text") from None
     if parsed is None:
         return None
+    for violation in json_violations(parsed, ""):  # a \u0000 escape, which jsonb refuses
+        raise CellError(violation.description)
     return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)

@@ -14,6 +14,7 @@ from common.csvstream.cells import CellError, CellParser, text
 from common.csvstream.progress import RateLog
 from common.csvstream.settings import CsvLimits
 from common.errors import MAX_VIOLATIONS, FieldViolation, ResourceExhaustedError, ValidationError
+from common.validation import NUL, NUL_MESSAGE
 
 log = logging.getLogger("csv")
 
@@ -223,6 +224,10 @@ class CsvReader:
                 if not column.nullable:
                     self._violation(line, column.name, "must not be empty")
                     ok = False
+                continue
+            if NUL in raw:  # no column of either service can store it (PostgreSQL text cannot)
+                self._violation(line, column.name, NUL_MESSAGE)
+                ok = False
                 continue
             try:
                 values[slot] = column.parse(raw)

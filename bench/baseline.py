@@ -1,0 +1,205 @@
+"""The physical limit of this stack: the services' RPCs as the same SQL straight through asyncpg.
+
+No auth, no validation, no SQLAlchemy: the caller's ids come from `x-bench-*` metadata that the
+load generator sends to every target alike. Run as `python -m bench.baseline --addr … --dsn …`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+from google.protobuf import json_format, struct_pb2
+from grpc import aio
+from progress.v1 import progress_pb2, progress_pb2_grpc
+
+from common.protoconv import timestamp
+
+Context = aio.ServicerContext[Any, Any]
+Registrar = Callable[[aio.Server, asyncpg.Pool], None]
+
+_COLUMNS = (
+    "user_progress.id, user_progress.progress_type, user_progress.item_id, user_progress.value, "
+    'user_progress.score, user_progress.metadata, user_progress."organizationId", '
+    'user_progress."campusId", user_progress."userId", user_progress."createdAt", '
+    'user_progress."updatedAt"'
+)
+UPSERT_SQL = (
+    "INSERT INTO user_progress (id, progress_type, item_id, value, score, metadata,"
+    ' "organizationId", "campusId", "userId", "createdById", "updatedById", "createdAt",'
+    ' "updatedAt") VALUES ($1::UUID, $2::enum_user_progress_progress_type, $3::VARCHAR,'
+    " $4::VARCHAR, $5::INTEGER, $6::JSONB,"
+    " $7::UUID, $8::UUID, $9::UUID, $9::UUID, $9::UUID, $10::TIMESTAMPTZ, $10::TIMESTAMPTZ)"
+    ' ON CONFLICT ("organizationId", "userId", progress_type, item_id) WHERE "deletedAt" IS NULL'
+    " DO UPDATE SET value = excluded.value, score = excluded.score, metadata = excluded.metadata,"
+    ' "campusId" = excluded."campusId", "updatedById" = excluded."updatedById",'
+    f' "updatedAt" = excluded."updatedAt" RETURNING {_COLUMNS}'
+)
+_MATCHING = (
+    'WHERE user_progress."userId" = $1::UUID AND user_progress."deletedAt" IS NULL'
+    ' AND user_progress."organizationId" = $2::UUID'
+    " AND user_progress.progress_type = $3::enum_user_progress_progress_type"
+)
+COUNT_SQL = f"SELECT count(*) AS count_1 FROM user_progress {_MATCHING}"
+LIST_SQL = (
+    f"SELECT {_COLUMNS} FROM user_progress {_MATCHING}"
+    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC'
+    " LIMIT $4::INTEGER OFFSET $5::INTEGER"
+)
+
+DELETE_SQL = (
+    'UPDATE user_progress SET "deletedAt"=$5::TIMESTAMPTZ, "updatedAt"=$5::TIMESTAMPTZ,'
+    f' "updatedById"=$1::UUID {_MATCHING} AND user_progress.item_id = $4::VARCHAR'
+)
+
+
+def caller_ids(context: Context) -> tuple[str, str]:
+    """(organization id, user id) from the benchmark's plain-text metadata."""
+    found = dict(context.invocation_metadata() or ())
+    return str(found["x-bench-org"]), str(found["x-bench-user"])
+
+
+def json_value(raw: str | None) -> struct_pb2.Value | None:
+    if raw is None:
+        return None
+    value = struct_pb2.Value()
+    json_format.ParseDict(json.loads(raw), value)
+    return value
+
+
+def progress_proto(row: Sequence[Any]) -> progress_pb2.UserProgress:
+    return progress_pb2.UserProgress(
+        id=str(row[0]),
+        progress_type=row[1],
+        item_id=row[2],
+        value=row[3],
+        score=row[4],
+        metadata=json_value(row[5]),
+        organization_id=str(row[6]),
+        campus_id=None if row[7] is None else str(row[7]),
+        user_id=str(row[8]),
+        created_at=timestamp(row[9]),
+        updated_at=timestamp(row[10]),
+    )
+
+
+class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def UpsertUserProgress(
+        self, request: progress_pb2.UpsertUserProgressRequest, context: Context
+    ) -> progress_pb2.UserProgress:
+        org, user = caller_ids(context)
+        data = request.data
+        metadata = (
+            json.dumps(json_format.MessageToDict(data.metadata))
+            if data.HasField("metadata")
+            else None
+        )
+        now = dt.datetime.now(dt.UTC)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                UPSERT_SQL,
+                uuid.uuid4(),
+                data.progress_type,
+                data.item_id,
+                data.value if data.HasField("value") else None,
+                data.score if data.HasField("score") else None,
+                metadata,
+                org,
+                None,
+                user,
+                now,
+            )
+        return progress_proto(row)
+
+    async def ListUserProgress(
+        self, request: progress_pb2.ListUserProgressRequest, context: Context
+    ) -> progress_pb2.ListUserProgressResponse:
+        org, user = caller_ids(context)
+        limit = min(request.limit or 10, 100)
+        async with self._pool.acquire() as conn, conn.transaction():
+            count = await conn.fetchval(COUNT_SQL, user, org, request.progress_type)
+            rows = await conn.fetch(
+                LIST_SQL, user, org, request.progress_type, limit, request.page * limit
+            )
+        return progress_pb2.ListUserProgressResponse(
+            rows=[progress_proto(r) for r in rows], count=count
+        )
+
+    async def DeleteUserProgressByItem(
+        self, request: progress_pb2.DeleteUserProgressByItemRequest, context: Context
+    ) -> progress_pb2.DeleteUserProgressByItemResponse:
+        org, user = caller_ids(context)
+        now = dt.datetime.now(dt.UTC)
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                DELETE_SQL, user, org, request.progress_type, request.item_id, now
+            )
+        return progress_pb2.DeleteUserProgressByItemResponse(deleted_count=int(status.split()[-1]))
+
+
+def register_progress(server: aio.Server, pool: asyncpg.Pool) -> None:
+    # Only the benchmarked RPCs are implemented; the others answer UNIMPLEMENTED.
+    servicer = ProgressBaseline(pool)  # type: ignore[abstract]
+    progress_pb2_grpc.add_UserProgressServiceServicer_to_server(servicer, server)
+
+
+def register_academic_years(server: aio.Server, pool: asyncpg.Pool) -> None:
+    from bench import baseline_ay
+
+    baseline_ay.register(server, pool, caller_ids)
+
+
+REGISTRARS: list[Registrar] = [register_progress, register_academic_years]
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
+async def serve(addr: str, dsn: str, pool_size: int) -> None:
+    # No reset query on release: the services' pool sends none either.
+    pool = await asyncpg.create_pool(
+        dsn, min_size=pool_size, max_size=pool_size, reset=_keep_session
+    )
+    server = aio.server()
+    for register in REGISTRARS:
+        register(server, pool)
+    server.add_insecure_port(addr)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+    await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
+    parser.add_argument("--addr", required=True)
+    parser.add_argument("--dsn", required=True, help="a plain postgresql:// DSN")
+    parser.add_argument("--pool-size", type=int, default=10)
+    args = parser.parse_args()
+    # The same loop rule as the services (UVLOOP=0 turns it off), so only the code path differs.
+    if os.environ.get("UVLOOP", "1") != "0":
+        import uvloop
+
+        uvloop.run(serve(args.addr, args.dsn, args.pool_size))
+    else:
+        asyncio.run(serve(args.addr, args.dsn, args.pool_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Baseline academic-years RPCs: the service's SQL for List (name filter + count) and Get."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import grpc
+from academic_years.v1 import academic_years_pb2 as pb
+from academic_years.v1 import academic_years_pb2_grpc
+from grpc import aio
+
+from common.protoconv import timestamp
+
+Context = aio.ServicerContext[Any, Any]
+
+_COLUMNS = (
+    "academic_years.id, academic_years.name, academic_years.start_date, academic_years.end_date,"
+    ' academic_years.current, academic_years."organizationId", academic_years."createdById",'
+    ' academic_years."updatedById", academic_years."createdAt", academic_years."updatedAt",'
+    ' academic_years."deletedAt"'
+)
+_NAME_SCOPE = (
+    'WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
+    " AND academic_years.name ILIKE $2::VARCHAR ESCAPE '\\'"
+)
+COUNT_SQL = f"SELECT count(*) AS count_1 FROM academic_years {_NAME_SCOPE}"
+PAGE_SQL = (
+    f"SELECT {_COLUMNS} FROM academic_years {_NAME_SCOPE}"
+    ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC'
+    " LIMIT $3::INTEGER OFFSET $4::INTEGER"
+)
+GET_SQL = (
+    f"SELECT {_COLUMNS}, organizations.id AS id_1, organizations.name AS name_1"
+    " FROM academic_years LEFT OUTER JOIN organizations"
+    ' ON organizations.id = academic_years."organizationId"'
+    ' WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
+    " AND academic_years.id = $2::UUID"
+)
+REFERENCES_SQL = (
+    "SELECT {t}.id, {t}.name FROM {t}"
+    ' WHERE {t}."academic_yearId" = $1::UUID AND {t}."organizationId" = $2::UUID'
+    ' AND {t}."deletedAt" IS NULL ORDER BY {t}.name ASC NULLS LAST, {t}.id'
+)
+CLASSES_SQL = REFERENCES_SQL.format(t="classes")
+TIMETABLES_SQL = REFERENCES_SQL.format(t="timetables")
+
+
+def _date(value: dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def year_proto(row: Sequence[Any], **associations: Any) -> pb.AcademicYear:
+    return pb.AcademicYear(
+        id=str(row[0]),
+        name=row[1],
+        start_date=_date(row[2]),
+        end_date=_date(row[3]),
+        current=row[4],
+        organization_id=_str(row[5]),
+        created_by_id=_str(row[6]),
+        updated_by_id=_str(row[7]),
+        created_at=timestamp(row[8]),
+        updated_at=timestamp(row[9]),
+        deleted_at=timestamp(row[10]),
+        **associations,
+    )
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, caller: Any) -> None:
+        self._pool = pool
+        self._caller = caller
+
+    async def ListAcademicYears(
+        self, request: pb.ListAcademicYearsRequest, context: Context
+    ) -> pb.ListAcademicYearsResponse:
+        org, _user = self._caller(context)
+        limit, pattern = min(request.limit or 10, 100), _like(request.name.strip())
+        async with self._pool.acquire() as conn, conn.transaction():
+            count = await conn.fetchval(COUNT_SQL, org, pattern)
+            rows = await conn.fetch(PAGE_SQL, org, pattern, limit, request.page * limit)
+        return pb.ListAcademicYearsResponse(rows=[year_proto(r) for r in rows], count=count)
+
+    async def GetAcademicYear(
+        self, request: pb.GetAcademicYearRequest, context: Context
+    ) -> pb.AcademicYear:
+        org, _user = self._caller(context)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(GET_SQL, org, request.id)
+            if row is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such academic year")
+            classes = await conn.fetch(CLASSES_SQL, row[0], row[5])
+            timetables = await conn.fetch(TIMETABLES_SQL, row[0], row[5])
+        return year_proto(
+            row,
+            organization=pb.Reference(id=str(row[11]), name=row[12]),
+            classes_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in classes],
+            timetables_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in timetables],
+        )
+
+
+def register(server: aio.Server, pool: asyncpg.Pool, caller: Any) -> None:
+    # Only the benchmarked RPCs are implemented; the others answer UNIMPLEMENTED.
+    servicer = AcademicYearsBaseline(pool, caller)  # type: ignore[abstract]
+    academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(servicer, server)

@@ -1,0 +1,105 @@
+"""`python -m bench.sqlpath`: CPU per progress list call through each layer, in one process.
+
+Sequential calls on one connection, so only the client-side cost differs: raw asyncpg, the same
+statements through SQLAlchemy's async engine, and the full repository and service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from sqlalchemy import make_url
+
+from bench import baseline, data
+from bench.run import DEFAULT_URL
+from common.auth import Principal
+from common.db import Database
+from common.migrations import upgrade
+from common.pagination import PageRequest
+from progress_service.app import DEFINITION
+from progress_service.repository import UserProgressRepository
+from progress_service.service import UserProgressService
+
+Step = Callable[[], Awaitable[object]]
+
+
+async def cpu_per_call(step: Step, calls: int) -> float:
+    for _ in range(calls // 10):
+        await step()
+    started = time.process_time()
+    for _ in range(calls):
+        await step()
+    return (time.process_time() - started) / calls * 1e6
+
+
+async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
+    principal = Principal(data.user_id(1), data.user_org_id(1), None, False, frozenset())
+    db = Database(sa_url, pool_size=1)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    service = UserProgressService(db)
+    args = (principal.user_id, principal.organization_id, "sign_learned")
+
+    async def raw() -> object:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetchval(baseline.COUNT_SQL, *args)
+            return await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
+
+    async def sqlalchemy_text() -> object:
+        async with db.transaction() as conn:
+            await conn.exec_driver_sql(baseline.COUNT_SQL, args)
+            return (await conn.exec_driver_sql(baseline.LIST_SQL, (*args, 10, 0))).all()
+
+    async def repository() -> object:
+        async with db.transaction() as conn:
+            return await UserProgressRepository(conn, principal).list(
+                "sign_learned", None, PageRequest(10, 0)
+            )
+
+    async def full_service() -> object:
+        return await service.list(principal, "sign_learned", None, 10, 0)
+
+    steps: dict[str, Step] = {
+        "asyncpg": raw,
+        "sqlalchemy exec_driver_sql": sqlalchemy_text,
+        "repository (Core)": repository,
+        "service": full_service,
+    }
+    results: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(3):  # alternate, keep the best of three
+        for name, step in steps.items():
+            results[name].append(await cpu_per_call(step, calls))
+    await db.dispose()
+    await pool.close()
+    return {name: min(values) for name, values in results.items()}
+
+
+async def main() -> None:
+    base = make_url(
+        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
+    )
+    name = f"bench_sqlpath_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(False))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = base.set(drivername="postgresql", database=name).render_as_string(False)
+    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+    try:
+        await asyncio.to_thread(
+            upgrade, sa_url, DEFINITION.migrations_dir, DEFINITION.version_table
+        )
+        await data.seed_progress(dsn, 0, 10, 1000)
+        for layer, cpu in (await measure(dsn, sa_url, 2000)).items():
+            print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
