@@ -25,6 +25,7 @@ from common.errors import UnavailableError
 from common.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
+    FinishOnCancelInterceptor,
     RpcObserver,
     ServedByInterceptor,
 )
@@ -115,6 +116,8 @@ async def start_server(
         ),
         AuthInterceptor(TokenVerifier(settings.jwt)),
     ]
+    if db.dialect == "sqlite":
+        interceptors.append(FinishOnCancelInterceptor())
     if metrics:
         interceptors.insert(0, metrics.interceptor())
     if settings.workers > 1:
