@@ -88,7 +88,34 @@ class _CachingInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         raise NotImplementedError
 
 
-class AuthInterceptor(_CachingInterceptor):
+class _BeforeCallInterceptor(_CachingInterceptor):
+    """Runs `before(context)` ahead of every call it wraps, unary or streaming."""
+
+    async def before(self, context: aio.ServicerContext[Any, Any]) -> None:
+        raise NotImplementedError
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        def unary(behavior: Behavior) -> Behavior:
+            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                await self.before(context)
+                return await behavior(request, context)
+
+            return call
+
+        def stream(behavior: Behavior) -> Behavior:
+            async def call(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await self.before(context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return call
+
+        return _rebuild(handler, unary, stream)
+
+
+class AuthInterceptor(_BeforeCallInterceptor):
     """Verifies the bearer token and binds the caller's `Principal` for the RPC."""
 
     def __init__(
@@ -98,32 +125,14 @@ class AuthInterceptor(_CachingInterceptor):
         self._verifier = verifier
         self._public = frozenset(public_services)
 
-    def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> None:
+    async def before(self, context: aio.ServicerContext[Any, Any]) -> None:
         token = bearer_token(context.invocation_metadata())
         bind_principal(self._verifier.verify(token))
 
     def wrap(self, method: str, handler: Handler) -> Handler:
         if _service_of(method) in self._public:
             return handler
-
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                self._authenticate(context)
-                return await behavior(request, context)
-
-            return call
-
-        def stream(behavior: Behavior) -> Behavior:
-            async def call(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                self._authenticate(context)
-                async for response in behavior(request, context):
-                    yield response
-
-            return call
-
-        return _rebuild(handler, unary, stream)
+        return super().wrap(method, handler)
 
 
 class _Undecodable:
@@ -277,7 +286,7 @@ def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
-class ServedByInterceptor(_CachingInterceptor):
+class ServedByInterceptor(_BeforeCallInterceptor):
     """Names the answering process in an `x-served-by` header, so an operator (and the tests)
     can see which of several workers sharing a port served a call."""
 
@@ -285,25 +294,8 @@ class ServedByInterceptor(_CachingInterceptor):
         super().__init__()
         self._metadata = (("x-served-by", served_by),)
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                await context.send_initial_metadata(self._metadata)
-                return await behavior(request, context)
-
-            return call
-
-        def stream(behavior: Behavior) -> Behavior:
-            async def call(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                await context.send_initial_metadata(self._metadata)
-                async for response in behavior(request, context):
-                    yield response
-
-            return call
-
-        return _rebuild(handler, unary, stream)
+    async def before(self, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.send_initial_metadata(self._metadata)
 
 
 class FinishOnCancelInterceptor(_CachingInterceptor):
