@@ -53,7 +53,7 @@ from common.csvstream.staging import (
     stage_rows,
     staging_table,
 )
-from common.db import UUID_TYPE, upsert_insert, utcnow
+from common.db import UUID_TYPE, driver_connection, driver_statement, upsert_insert, utcnow
 from common.errors import AlreadyExistsError, ValidationError
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global
@@ -88,6 +88,17 @@ _WRITABLE = ("name", "start_date", "end_date", "current")
 
 def _to_domain(row: Row[Any] | Sequence[Any]) -> AcademicYear:
     return AcademicYear(*row[: len(_COLUMNS)])
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _from_record(r: Sequence[Any]) -> AcademicYear:
+    """An asyncpg record of `_COLUMNS` (UUIDs as uuid.UUID) as the domain row."""
+    return AcademicYear(
+        str(r[0]), r[1], r[2], r[3], r[4], _str(r[5]), _str(r[6]), _str(r[7]), r[8], r[9], r[10]
+    )
 
 
 def escape_like(text: str) -> str:
@@ -271,6 +282,8 @@ class AcademicYearsRepository:
 
     async def get(self, year_id: str) -> AcademicYear | None:
         """The year with its organization (one joined query) and each association (one each)."""
+        if self._conn.dialect.name == "postgresql":
+            return await self._get_driver(year_id)
         params = {"year_id": year_id, "scope_org": self._organization_id}
         statement = _get_statement(self._organization_id is None)
         row = (await self._conn.execute(statement, params)).one_or_none()
@@ -289,6 +302,30 @@ class AcademicYearsRepository:
         statement = _references_statement(table, year.organization_id is None)
         params = {"year_id": year.id, "org": year.organization_id}
         return [Reference(*row) for row in await self._conn.execute(statement, params)]
+
+    async def _get_driver(self, year_id: str) -> AcademicYear | None:
+        """`get` with the same Core statements, compiled once, straight on asyncpg."""
+        driver = await driver_connection(self._conn)
+        get = driver_statement(_get_statement(self._organization_id is None))
+        row = await driver.fetchrow(
+            get.sql, *get.args({"year_id": year_id, "scope_org": self._organization_id})
+        )
+        if row is None:
+            return None
+        year = _from_record(row)
+        org_id, org_name = row[len(_COLUMNS) :]
+        associations = []
+        for table in (classes, timetables):
+            refs = driver_statement(_references_statement(table, year.organization_id is None))
+            params = {"year_id": year.id, "org": year.organization_id}
+            found = await driver.fetch(refs.sql, *refs.args(params))
+            associations.append([Reference(str(r[0]), r[1]) for r in found])
+        return replace(
+            year,
+            organization=Reference(str(org_id), org_name) if org_id is not None else None,
+            classes=associations[0],
+            timetables=associations[1],
+        )
 
     async def page(
         self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest

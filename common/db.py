@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime, Table, TypeDecorator, Uuid, event
+import asyncpg
+from sqlalchemy import JSON, DateTime, Executable, Table, TypeDecorator, Uuid, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ClauseElement
 
 from common.auth import Principal
 from common.errors import UnavailableError
@@ -113,6 +118,11 @@ def is_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, OperationalError | InterfaceError)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
         )
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):  # driver fast paths
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return isinstance(exc, asyncpg.InterfaceError) or sqlstate.startswith(
+            _UNAVAILABLE_SQLSTATES
+        )
     return isinstance(exc, OSError | TimeoutError)
 
 
@@ -162,3 +172,49 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# Hot paths on PostgreSQL: the same Core statements, sent straight through asyncpg. SQLAlchemy's
+# async execution (greenlet bridge, result processing) costs about as much CPU as the statement.
+_PG_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A Core statement compiled once to asyncpg SQL ($n placeholders) and its bind order."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for `params`, through the Core types' bind processors."""
+        return [
+            params[name] if process is None else process(params[name])
+            for name, process in zip(self.names, self.processors, strict=True)
+        ]
+
+
+@cache
+def driver_statement(statement: Executable) -> DriverStatement:
+    """`statement` (built once, with bind parameters) as PostgreSQL SQL for asyncpg."""
+    compiled: Any = cast(ClauseElement, statement).compile(dialect=_PG_DIALECT)
+    names = tuple(compiled.positiontup or ())
+    processors = compiled._bind_processors
+    return DriverStatement(compiled.string, names, tuple(processors.get(n) for n in names))
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside the unit of work's transaction (PostgreSQL).
+
+    Statements sent on it are committed or rolled back with the `Database.transaction` block.
+    SQLAlchemy begins on the driver lazily, at its first statement (with a principal, the
+    row-level security settings); without one yet, a trivial statement begins it here.
+    """
+    if not conn.in_transaction():
+        raise RuntimeError("driver_connection needs a unit of work (Database.transaction)")
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if not driver.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")
+    return driver

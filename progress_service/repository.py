@@ -37,7 +37,14 @@ from common.csvstream.staging import (
     stage_rows,
     staging_table,
 )
-from common.db import UUID_TYPE, new_id, upsert_insert, utcnow
+from common.db import (
+    UUID_TYPE,
+    driver_connection,
+    driver_statement,
+    new_id,
+    upsert_insert,
+    utcnow,
+)
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global, require_organization_id, require_user_id
 from progress_service.domain import UserProgress, UserProgressInput
@@ -61,6 +68,15 @@ _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 
 def _to_domain(row: Row[Any] | Sequence[Any]) -> UserProgress:
     return UserProgress(*row)
+
+
+def _from_record(r: Sequence[Any]) -> UserProgress:
+    """An asyncpg record of `_COLUMNS` (UUIDs as uuid.UUID, JSON decoded) as the domain row."""
+    campus = r[7]
+    return UserProgress(
+        str(r[0]), r[1], r[2], r[3], r[4], r[5], str(r[6]),
+        None if campus is None else str(campus), str(r[8]), r[9], r[10],
+    )  # fmt: skip
 
 
 # Statements are built once, with bind parameters, for each shape a call can take: building
@@ -156,9 +172,17 @@ class UserProgressRepository:
         self._principal = principal
         self._user_id = require_user_id(principal)
         self._organization_id = get_organization_id_or_global(principal)
+        # PostgreSQL runs the hot paths' Core statements, compiled once, straight on asyncpg.
+        self._driver = conn.dialect.name == "postgresql"
 
     def _scope(self) -> ColumnElement[bool]:
         return and_(*_owner_scope(self._user_id, self._organization_id))
+
+    async def _fetch(self, statement: Executable, params: dict[str, Any]) -> list[Any]:
+        compiled = driver_statement(statement)
+        driver = await driver_connection(self._conn)
+        rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
+        return rows
 
     def _binds(self, progress_type: str) -> dict[str, Any]:
         """Bind values for the caller's scope; the organization only when not global."""
@@ -186,8 +210,11 @@ class UserProgressRepository:
             "updatedAt": now,
         }
         statement = _upsert_statement(self._conn.dialect.name)
-        row = (await self._conn.execute(statement, values)).one()
-        record = _to_domain(row)
+        if self._driver:
+            (found,) = await self._fetch(statement, values)
+            record = _from_record(found)
+        else:
+            record = _to_domain((await self._conn.execute(statement, values)).one())
         return record, record.created_at == now
 
     async def list(
@@ -197,15 +224,23 @@ class UserProgressRepository:
         params = self._binds(progress_type)
         if item_id is not None:
             params["b_item"] = item_id
+        paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
+        if self._driver:
+            ((count,),) = await self._fetch(_count_statement(*shape), params)
+            rows = await self._fetch(_page_statement(*shape), paged)
+            return [_from_record(r) for r in rows], int(count)
         count = await self._conn.scalar(_count_statement(*shape), params)
-        result = await self._conn.execute(
-            _page_statement(*shape), {**params, "b_limit": page.limit, "b_offset": page.offset}
-        )
+        result = await self._conn.execute(_page_statement(*shape), paged)
         return [_to_domain(row) for row in result], int(count or 0)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self._binds(progress_type) | {"b_item": item_id, "b_now": utcnow()}
         statement = _soft_delete_statement(self._organization_id is not None)
+        if self._driver:
+            compiled = driver_statement(statement)
+            driver = await driver_connection(self._conn)
+            status: str = await driver.execute(compiled.sql, *compiled.args(params))
+            return int(status.rsplit(" ", 1)[-1])  # "UPDATE n"
         result = await self._conn.execute(statement, params)
         return int(result.rowcount)
 
