@@ -7,6 +7,7 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     Boolean,
     Column,
@@ -53,7 +54,7 @@ from common.csvstream.staging import (
     stage_rows,
     staging_table,
 )
-from common.db import UUID_TYPE, driver_connection, driver_statement, upsert_insert, utcnow
+from common.db import UUID_TYPE, Connection, driver_statement, upsert_insert, utcnow
 from common.errors import AlreadyExistsError, ValidationError
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global
@@ -196,10 +197,18 @@ def _references_statement(table: Table, without_org: bool) -> Select[Any]:
 class AcademicYearsRepository:
     """Only the live rows of the caller's organization (all organizations for global access)."""
 
-    def __init__(self, conn: AsyncConnection, principal: Principal) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection, principal: Principal) -> None:
+        """`conn` from `Database.transaction`, or for `get` from `Database.driver_transaction`,
+        which runs Get's Core statements on asyncpg."""
+        self._any = conn
         self._principal = principal
         self._organization_id = get_organization_id_or_global(principal)
+
+    @property
+    def _conn(self) -> AsyncConnection:
+        if not isinstance(self._any, AsyncConnection):
+            raise TypeError("this statement runs through SQLAlchemy: use Database.transaction")
+        return self._any
 
     def _scope(self) -> ColumnElement[bool]:
         """The one tenant rule every statement below is built on."""
@@ -282,8 +291,8 @@ class AcademicYearsRepository:
 
     async def get(self, year_id: str) -> AcademicYear | None:
         """The year with its organization (one joined query) and each association (one each)."""
-        if self._conn.dialect.name == "postgresql":
-            return await self._get_driver(year_id)
+        if not isinstance(self._any, AsyncConnection):
+            return await self._get_driver(self._any, year_id)
         params = {"year_id": year_id, "scope_org": self._organization_id}
         statement = _get_statement(self._organization_id is None)
         row = (await self._conn.execute(statement, params)).one_or_none()
@@ -303,9 +312,8 @@ class AcademicYearsRepository:
         params = {"year_id": year.id, "org": year.organization_id}
         return [Reference(*row) for row in await self._conn.execute(statement, params)]
 
-    async def _get_driver(self, year_id: str) -> AcademicYear | None:
+    async def _get_driver(self, driver: asyncpg.Connection, year_id: str) -> AcademicYear | None:
         """`get` with the same Core statements, compiled once, straight on asyncpg."""
-        driver = await driver_connection(self._conn)
         get = driver_statement(_get_statement(self._organization_id is None))
         row = await driver.fetchrow(
             get.sql, *get.args({"year_id": year_id, "scope_org": self._organization_id})

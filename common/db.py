@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 from sqlalchemy import JSON, DateTime, Executable, Table, TypeDecorator, Uuid, event
@@ -126,6 +126,10 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError)
 
 
+# What a repository's hot paths run on: SQLAlchemy's connection, or asyncpg's on PostgreSQL.
+Connection: TypeAlias = AsyncConnection | asyncpg.Connection
+
+
 class Database:
     """One engine per process; `transaction()` is the unit of work (`withTransaction`)."""
 
@@ -161,6 +165,37 @@ class Database:
                     if principal is not None and self.dialect == "postgresql":
                         await conn.exec_driver_sql(_SET_TENANT, tenant_settings(principal))
                     yield conn
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise UnavailableError("database unavailable") from exc
+            raise
+
+    @asynccontextmanager
+    async def driver_transaction(
+        self, *, write: bool = False, principal: Principal | None = None
+    ) -> AsyncIterator[Connection]:
+        """The hot paths' unit of work: on PostgreSQL, asyncpg's own transaction on a connection
+        the engine's pool lends, yielding the asyncpg connection (see `driver_statement`);
+        elsewhere `transaction()`. Same commit/rollback, UNAVAILABLE and row-level security rules.
+        """
+        if self.dialect != "postgresql":
+            async with self.transaction(write=write, principal=principal) as conn:
+                yield conn
+            return
+        try:
+            async with self.engine.connect() as conn:
+                # SQLAlchemy never begins here: nothing runs through it, and its reset on return
+                # has nothing to roll back. A connection left inside a transaction (a rollback
+                # that could not be sent) is closed rather than handed out again.
+                driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+                try:
+                    async with driver.transaction():
+                        if principal is not None:
+                            await driver.fetchrow(_SET_TENANT, *tenant_settings(principal))
+                        yield driver
+                finally:
+                    if driver.is_closed() or driver.is_in_transaction():
+                        await conn.invalidate()
         except Exception as exc:
             if is_unavailable(exc):
                 raise UnavailableError("database unavailable") from exc
@@ -202,19 +237,3 @@ def driver_statement(statement: Executable) -> DriverStatement:
     names = tuple(compiled.positiontup or ())
     processors = compiled._bind_processors
     return DriverStatement(compiled.string, names, tuple(processors.get(n) for n in names))
-
-
-async def driver_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, inside the unit of work's transaction (PostgreSQL).
-
-    Statements sent on it are committed or rolled back with the `Database.transaction` block.
-    SQLAlchemy begins on the driver lazily, at its first statement (with a principal, the
-    row-level security settings); without one yet, a trivial statement begins it here.
-    """
-    if not conn.in_transaction():
-        raise RuntimeError("driver_connection needs a unit of work (Database.transaction)")
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    if not driver.is_in_transaction():
-        await conn.exec_driver_sql("SELECT 1")
-    return driver

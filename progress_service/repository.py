@@ -6,6 +6,7 @@ from collections.abc import AsyncIterable, Sequence
 from functools import cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -39,7 +40,7 @@ from common.csvstream.staging import (
 )
 from common.db import (
     UUID_TYPE,
-    driver_connection,
+    Connection,
     driver_statement,
     new_id,
     upsert_insert,
@@ -167,20 +168,27 @@ def _upsert_statement(dialect: str) -> Executable:
 class UserProgressRepository:
     """The caller's own live rows, and nothing else, are reachable through this object."""
 
-    def __init__(self, conn: AsyncConnection, principal: Principal) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection, principal: Principal) -> None:
+        """`conn` from `Database.transaction`, or for the hot paths (upsert, list, soft_delete)
+        from `Database.driver_transaction`, which runs their Core statements on asyncpg."""
+        self._any = conn
         self._principal = principal
         self._user_id = require_user_id(principal)
         self._organization_id = get_organization_id_or_global(principal)
-        # PostgreSQL runs the hot paths' Core statements, compiled once, straight on asyncpg.
-        self._driver = conn.dialect.name == "postgresql"
+
+    @property
+    def _conn(self) -> AsyncConnection:
+        if not isinstance(self._any, AsyncConnection):
+            raise TypeError("this statement runs through SQLAlchemy: use Database.transaction")
+        return self._any
 
     def _scope(self) -> ColumnElement[bool]:
         return and_(*_owner_scope(self._user_id, self._organization_id))
 
-    async def _fetch(self, statement: Executable, params: dict[str, Any]) -> list[Any]:
+    async def _fetch(
+        self, driver: asyncpg.Connection, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
         compiled = driver_statement(statement)
-        driver = await driver_connection(self._conn)
         rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
         return rows
 
@@ -209,12 +217,12 @@ class UserProgressRepository:
             "createdAt": now,
             "updatedAt": now,
         }
-        statement = _upsert_statement(self._conn.dialect.name)
-        if self._driver:
-            (found,) = await self._fetch(statement, values)
-            record = _from_record(found)
+        if isinstance(self._any, AsyncConnection):
+            statement = _upsert_statement(self._any.dialect.name)
+            record = _to_domain((await self._any.execute(statement, values)).one())
         else:
-            record = _to_domain((await self._conn.execute(statement, values)).one())
+            (found,) = await self._fetch(self._any, _upsert_statement("postgresql"), values)
+            record = _from_record(found)
         return record, record.created_at == now
 
     async def list(
@@ -225,23 +233,22 @@ class UserProgressRepository:
         if item_id is not None:
             params["b_item"] = item_id
         paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
-        if self._driver:
-            ((count,),) = await self._fetch(_count_statement(*shape), params)
-            rows = await self._fetch(_page_statement(*shape), paged)
+        if not isinstance(self._any, AsyncConnection):
+            ((count,),) = await self._fetch(self._any, _count_statement(*shape), params)
+            rows = await self._fetch(self._any, _page_statement(*shape), paged)
             return [_from_record(r) for r in rows], int(count)
-        count = await self._conn.scalar(_count_statement(*shape), params)
-        result = await self._conn.execute(_page_statement(*shape), paged)
+        count = await self._any.scalar(_count_statement(*shape), params)
+        result = await self._any.execute(_page_statement(*shape), paged)
         return [_to_domain(row) for row in result], int(count or 0)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self._binds(progress_type) | {"b_item": item_id, "b_now": utcnow()}
         statement = _soft_delete_statement(self._organization_id is not None)
-        if self._driver:
+        if not isinstance(self._any, AsyncConnection):
             compiled = driver_statement(statement)
-            driver = await driver_connection(self._conn)
-            status: str = await driver.execute(compiled.sql, *compiled.args(params))
+            status: str = await self._any.execute(compiled.sql, *compiled.args(params))
             return int(status.rsplit(" ", 1)[-1])  # "UPDATE n"
-        result = await self._conn.execute(statement, params)
+        result = await self._any.execute(statement, params)
         return int(result.rowcount)
 
     async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
