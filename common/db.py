@@ -118,11 +118,10 @@ def is_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, OperationalError | InterfaceError)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
         )
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):  # driver fast paths
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        return isinstance(exc, asyncpg.InterfaceError) or sqlstate.startswith(
-            _UNAVAILABLE_SQLSTATES
-        )
+    if isinstance(exc, asyncpg.PostgresError):  # raised straight by asyncpg (hot paths, COPY)
+        return (getattr(exc, "sqlstate", None) or "").startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, asyncpg.InterfaceError):  # also raised for an argument it cannot encode
+        return "connection is closed" in str(exc)
     return isinstance(exc, OSError | TimeoutError)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.tables import classes, organizations, timetables
 from common.auth import Principal
-from common.db import Database, driver_statement
+from common.db import Database, driver_statement, is_unavailable
 from common.errors import UnavailableError
 from common.pagination import PageRequest
 from progress_service.domain import UserProgressInput
@@ -229,3 +229,12 @@ async def test_academic_years_get_fast_path_matches_core_for_every_persona(
             assert fast == core
             found += fast is not None and len(fast.classes) == 2
     assert found == 5  # org a: 1, org b: 1, global: 3, stranger: 0
+
+
+async def test_only_lost_connections_from_asyncpg_are_unavailable() -> None:
+    assert is_unavailable(asyncpg.ConnectionDoesNotExistError("gone"))
+    assert is_unavailable(
+        asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed")
+    )
+    assert not is_unavailable(asyncpg.exceptions._base.DataError("invalid input for $1"))
+    assert not is_unavailable(asyncpg.UniqueViolationError("duplicate key"))
