@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -238,3 +239,21 @@ async def test_only_lost_connections_from_asyncpg_are_unavailable() -> None:
     )
     assert not is_unavailable(asyncpg.exceptions._base.DataError("invalid input for $1"))
     assert not is_unavailable(asyncpg.UniqueViolationError("duplicate key"))
+
+
+async def test_a_cancelled_unit_leaves_no_rows_and_no_open_transaction(single: Database) -> None:
+    who, running = principal(new_uuid()), asyncio.Event()
+
+    async def slow() -> None:
+        async with single.driver_transaction(write=True, principal=who) as driver:
+            await UserProgressRepository(driver, who).upsert(UserProgressInput("sign_learned", "a"))
+            running.set()
+            await driver.fetchval("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(slow())
+    await running.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored_rows(single) == 0
+    await assert_clean(single)
