@@ -7,6 +7,7 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     Boolean,
     Column,
@@ -53,7 +54,7 @@ from common.csvstream.staging import (
     stage_rows,
     staging_table,
 )
-from common.db import UUID_TYPE, upsert_insert, utcnow
+from common.db import UUID_TYPE, Connection, driver_statement, upsert_insert, utcnow
 from common.errors import AlreadyExistsError, ValidationError
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global
@@ -88,6 +89,17 @@ _WRITABLE = ("name", "start_date", "end_date", "current")
 
 def _to_domain(row: Row[Any] | Sequence[Any]) -> AcademicYear:
     return AcademicYear(*row[: len(_COLUMNS)])
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _from_record(r: Sequence[Any]) -> AcademicYear:
+    """An asyncpg record of `_COLUMNS` (UUIDs as uuid.UUID) as the domain row."""
+    return AcademicYear(
+        str(r[0]), r[1], r[2], r[3], r[4], _str(r[5]), _str(r[6]), _str(r[7]), r[8], r[9], r[10]
+    )
 
 
 def escape_like(text: str) -> str:
@@ -185,10 +197,18 @@ def _references_statement(table: Table, without_org: bool) -> Select[Any]:
 class AcademicYearsRepository:
     """Only the live rows of the caller's organization (all organizations for global access)."""
 
-    def __init__(self, conn: AsyncConnection, principal: Principal) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection, principal: Principal) -> None:
+        """`conn` from `Database.transaction`, or for `get` from `Database.driver_transaction`,
+        which runs Get's Core statements on asyncpg."""
+        self._any = conn
         self._principal = principal
         self._organization_id = get_organization_id_or_global(principal)
+
+    @property
+    def _conn(self) -> AsyncConnection:
+        if not isinstance(self._any, AsyncConnection):
+            raise TypeError("this statement runs through SQLAlchemy: use Database.transaction")
+        return self._any
 
     def _scope(self) -> ColumnElement[bool]:
         """The one tenant rule every statement below is built on."""
@@ -271,6 +291,8 @@ class AcademicYearsRepository:
 
     async def get(self, year_id: str) -> AcademicYear | None:
         """The year with its organization (one joined query) and each association (one each)."""
+        if not isinstance(self._any, AsyncConnection):
+            return await self._get_driver(self._any, year_id)
         params = {"year_id": year_id, "scope_org": self._organization_id}
         statement = _get_statement(self._organization_id is None)
         row = (await self._conn.execute(statement, params)).one_or_none()
@@ -289,6 +311,29 @@ class AcademicYearsRepository:
         statement = _references_statement(table, year.organization_id is None)
         params = {"year_id": year.id, "org": year.organization_id}
         return [Reference(*row) for row in await self._conn.execute(statement, params)]
+
+    async def _get_driver(self, driver: asyncpg.Connection, year_id: str) -> AcademicYear | None:
+        """`get` with the same Core statements, compiled once, straight on asyncpg."""
+        get = driver_statement(_get_statement(self._organization_id is None))
+        row = await driver.fetchrow(
+            get.sql, *get.args({"year_id": year_id, "scope_org": self._organization_id})
+        )
+        if row is None:
+            return None
+        year = _from_record(row)
+        org_id, org_name = row[len(_COLUMNS) :]
+        associations = []
+        for table in (classes, timetables):
+            refs = driver_statement(_references_statement(table, year.organization_id is None))
+            params = {"year_id": year.id, "org": year.organization_id}
+            found = await driver.fetch(refs.sql, *refs.args(params))
+            associations.append([Reference(str(r[0]), r[1]) for r in found])
+        return replace(
+            year,
+            organization=Reference(str(org_id), org_name) if org_id is not None else None,
+            classes=associations[0],
+            timetables=associations[1],
+        )
 
     async def page(
         self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest

@@ -211,7 +211,7 @@ class AcademicYearsService:
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
         authorize(principal, READ)
         year_id = _id(year_id, "id")
-        async with self._db.transaction(principal=principal) as conn:
+        async with self._db.driver_transaction(principal=principal) as conn:
             year = await AcademicYearsRepository(conn, principal).get(year_id)
         if year is None:
             raise not_found()

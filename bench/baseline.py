@@ -21,6 +21,7 @@ from google.protobuf import json_format, struct_pb2
 from grpc import aio
 from progress.v1 import progress_pb2, progress_pb2_grpc
 
+from bench.baseline_ay import begin_as
 from common.protoconv import timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -107,6 +108,7 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
         )
         now = dt.datetime.now(dt.UTC)
         async with self._pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, org, user)
             row = await conn.fetchrow(
                 UPSERT_SQL,
                 uuid.uuid4(),
@@ -128,6 +130,7 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
         org, user = caller_ids(context)
         limit = min(request.limit or 10, 100)
         async with self._pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, user, org, request.progress_type)
             rows = await conn.fetch(
                 LIST_SQL, user, org, request.progress_type, limit, request.page * limit
@@ -142,6 +145,7 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
         org, user = caller_ids(context)
         now = dt.datetime.now(dt.UTC)
         async with self._pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, org, user)
             status = await conn.execute(
                 DELETE_SQL, user, org, request.progress_type, request.item_id, now
             )

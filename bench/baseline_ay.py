@@ -48,6 +48,18 @@ CLASSES_SQL = REFERENCES_SQL.format(t="classes")
 TIMETABLES_SQL = REFERENCES_SQL.format(t="timetables")
 
 
+# The row-level security settings the services send first in every transaction that has a
+# caller (common/db.py): the same SQL, so the baseline pays for the same round trip.
+TENANT_SQL = (
+    "SELECT set_config('app.organization_id', $1, true),"
+    " set_config('app.user_id', $2, true), set_config('app.global_access', $3, true)"
+)
+
+
+async def begin_as(conn: asyncpg.Connection, org: str, user: str) -> None:
+    await conn.fetchrow(TENANT_SQL, org, user, "off")
+
+
 def _date(value: dt.date | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -85,9 +97,10 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def ListAcademicYears(
         self, request: pb.ListAcademicYearsRequest, context: Context
     ) -> pb.ListAcademicYearsResponse:
-        org, _user = self._caller(context)
+        org, user = self._caller(context)
         limit, pattern = min(request.limit or 10, 100), _like(request.name.strip())
         async with self._pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, org, pattern)
             rows = await conn.fetch(PAGE_SQL, org, pattern, limit, request.page * limit)
         return pb.ListAcademicYearsResponse(rows=[year_proto(r) for r in rows], count=count)
@@ -95,8 +108,9 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def GetAcademicYear(
         self, request: pb.GetAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
-        org, _user = self._caller(context)
+        org, user = self._caller(context)
         async with self._pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, org, user)
             row = await conn.fetchrow(GET_SQL, org, request.id)
             if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such academic year")

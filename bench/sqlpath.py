@@ -1,7 +1,8 @@
 """`python -m bench.sqlpath`: CPU per progress list call through each layer, in one process.
 
 Sequential calls on one connection, so only the client-side cost differs: raw asyncpg, the same
-statements through SQLAlchemy's async engine, and the full repository and service.
+statements through SQLAlchemy's async engine, the repository on either path, and the service
+(which, having a caller, also sends the row-level security settings, as the second line does).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncpg
 from sqlalchemy import make_url
 
 from bench import baseline, data
+from bench.baseline_ay import begin_as
 from bench.run import DEFAULT_URL
 from common.auth import Principal
 from common.db import Database
@@ -49,6 +51,12 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
             await conn.fetchval(baseline.COUNT_SQL, *args)
             return await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
 
+    async def raw_tenant() -> object:
+        async with pool.acquire() as conn, conn.transaction():
+            await begin_as(conn, data.user_org_id(1), principal.user_id)
+            await conn.fetchval(baseline.COUNT_SQL, *args)
+            return await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
+
     async def sqlalchemy_text() -> object:
         async with db.transaction() as conn:
             await conn.exec_driver_sql(baseline.COUNT_SQL, args)
@@ -60,13 +68,21 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
                 "sign_learned", None, PageRequest(10, 0)
             )
 
+    async def driver_repository() -> object:
+        async with db.driver_transaction(principal=principal) as conn:
+            return await UserProgressRepository(conn, principal).list(
+                "sign_learned", None, PageRequest(10, 0)
+            )
+
     async def full_service() -> object:
         return await service.list(principal, "sign_learned", None, 10, 0)
 
     steps: dict[str, Step] = {
         "asyncpg": raw,
+        "asyncpg + tenant settings": raw_tenant,
         "sqlalchemy exec_driver_sql": sqlalchemy_text,
         "repository (Core)": repository,
+        "repository (driver, tenant)": driver_repository,
         "service": full_service,
     }
     results: dict[str, list[float]] = {name: [] for name in steps}

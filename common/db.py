@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
-from sqlalchemy import JSON, DateTime, Table, TypeDecorator, Uuid, event
+import asyncpg
+from sqlalchemy import JSON, DateTime, Executable, Table, TypeDecorator, Uuid, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ClauseElement
 
 from common.auth import Principal
 from common.errors import UnavailableError
@@ -113,7 +118,15 @@ def is_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, OperationalError | InterfaceError)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
         )
+    if isinstance(exc, asyncpg.PostgresError):  # raised straight by asyncpg (hot paths, COPY)
+        return (getattr(exc, "sqlstate", None) or "").startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, asyncpg.InterfaceError):  # also raised for an argument it cannot encode
+        return "connection is closed" in str(exc)
     return isinstance(exc, OSError | TimeoutError)
+
+
+# What a repository's hot paths run on: SQLAlchemy's connection, or asyncpg's on PostgreSQL.
+Connection: TypeAlias = AsyncConnection | asyncpg.Connection
 
 
 class Database:
@@ -156,9 +169,70 @@ class Database:
                 raise UnavailableError("database unavailable") from exc
             raise
 
+    @asynccontextmanager
+    async def driver_transaction(
+        self, *, write: bool = False, principal: Principal | None = None
+    ) -> AsyncIterator[Connection]:
+        """The hot paths' unit of work: on PostgreSQL, asyncpg's own transaction on a connection
+        the engine's pool lends, yielding the asyncpg connection (see `driver_statement`);
+        elsewhere `transaction()`. Same commit/rollback, UNAVAILABLE and row-level security rules.
+        """
+        if self.dialect != "postgresql":
+            async with self.transaction(write=write, principal=principal) as conn:
+                yield conn
+            return
+        try:
+            async with self.engine.connect() as conn:
+                # SQLAlchemy never begins here: nothing runs through it, and its reset on return
+                # has nothing to roll back. A connection left inside a transaction (a rollback
+                # that could not be sent) is closed rather than handed out again.
+                driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+                try:
+                    async with driver.transaction():
+                        if principal is not None:
+                            await driver.fetchrow(_SET_TENANT, *tenant_settings(principal))
+                        yield driver
+                finally:
+                    if driver.is_closed() or driver.is_in_transaction():
+                        await conn.invalidate()
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise UnavailableError("database unavailable") from exc
+            raise
+
     async def ping(self) -> None:
         async with self.transaction() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# Hot paths on PostgreSQL: the same Core statements, sent straight through asyncpg. SQLAlchemy's
+# async execution (greenlet bridge, result processing) costs about as much CPU as the statement.
+_PG_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A Core statement compiled once to asyncpg SQL ($n placeholders) and its bind order."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for `params`, through the Core types' bind processors."""
+        return [
+            params[name] if process is None else process(params[name])
+            for name, process in zip(self.names, self.processors, strict=True)
+        ]
+
+
+@cache
+def driver_statement(statement: Executable) -> DriverStatement:
+    """`statement` (built once, with bind parameters) as PostgreSQL SQL for asyncpg."""
+    compiled: Any = cast(ClauseElement, statement).compile(dialect=_PG_DIALECT)
+    names = tuple(compiled.positiontup or ())
+    processors = compiled._bind_processors
+    return DriverStatement(compiled.string, names, tuple(processors.get(n) for n in names))

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterable, Sequence
 from functools import cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -37,7 +38,14 @@ from common.csvstream.staging import (
     stage_rows,
     staging_table,
 )
-from common.db import UUID_TYPE, new_id, upsert_insert, utcnow
+from common.db import (
+    UUID_TYPE,
+    Connection,
+    driver_statement,
+    new_id,
+    upsert_insert,
+    utcnow,
+)
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global, require_organization_id, require_user_id
 from progress_service.domain import UserProgress, UserProgressInput
@@ -61,6 +69,15 @@ _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 
 def _to_domain(row: Row[Any] | Sequence[Any]) -> UserProgress:
     return UserProgress(*row)
+
+
+def _from_record(r: Sequence[Any]) -> UserProgress:
+    """An asyncpg record of `_COLUMNS` (UUIDs as uuid.UUID, JSON decoded) as the domain row."""
+    campus = r[7]
+    return UserProgress(
+        str(r[0]), r[1], r[2], r[3], r[4], r[5], str(r[6]),
+        None if campus is None else str(campus), str(r[8]), r[9], r[10],
+    )  # fmt: skip
 
 
 # Statements are built once, with bind parameters, for each shape a call can take: building
@@ -151,14 +168,29 @@ def _upsert_statement(dialect: str) -> Executable:
 class UserProgressRepository:
     """The caller's own live rows, and nothing else, are reachable through this object."""
 
-    def __init__(self, conn: AsyncConnection, principal: Principal) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection, principal: Principal) -> None:
+        """`conn` from `Database.transaction`, or for the hot paths (upsert, list, soft_delete)
+        from `Database.driver_transaction`, which runs their Core statements on asyncpg."""
+        self._any = conn
         self._principal = principal
         self._user_id = require_user_id(principal)
         self._organization_id = get_organization_id_or_global(principal)
 
+    @property
+    def _conn(self) -> AsyncConnection:
+        if not isinstance(self._any, AsyncConnection):
+            raise TypeError("this statement runs through SQLAlchemy: use Database.transaction")
+        return self._any
+
     def _scope(self) -> ColumnElement[bool]:
         return and_(*_owner_scope(self._user_id, self._organization_id))
+
+    async def _fetch(
+        self, driver: asyncpg.Connection, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        compiled = driver_statement(statement)
+        rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
+        return rows
 
     def _binds(self, progress_type: str) -> dict[str, Any]:
         """Bind values for the caller's scope; the organization only when not global."""
@@ -185,9 +217,12 @@ class UserProgressRepository:
             "createdAt": now,
             "updatedAt": now,
         }
-        statement = _upsert_statement(self._conn.dialect.name)
-        row = (await self._conn.execute(statement, values)).one()
-        record = _to_domain(row)
+        if isinstance(self._any, AsyncConnection):
+            statement = _upsert_statement(self._any.dialect.name)
+            record = _to_domain((await self._any.execute(statement, values)).one())
+        else:
+            (found,) = await self._fetch(self._any, _upsert_statement("postgresql"), values)
+            record = _from_record(found)
         return record, record.created_at == now
 
     async def list(
@@ -197,16 +232,23 @@ class UserProgressRepository:
         params = self._binds(progress_type)
         if item_id is not None:
             params["b_item"] = item_id
-        count = await self._conn.scalar(_count_statement(*shape), params)
-        result = await self._conn.execute(
-            _page_statement(*shape), {**params, "b_limit": page.limit, "b_offset": page.offset}
-        )
+        paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
+        if not isinstance(self._any, AsyncConnection):
+            ((count,),) = await self._fetch(self._any, _count_statement(*shape), params)
+            rows = await self._fetch(self._any, _page_statement(*shape), paged)
+            return [_from_record(r) for r in rows], int(count)
+        count = await self._any.scalar(_count_statement(*shape), params)
+        result = await self._any.execute(_page_statement(*shape), paged)
         return [_to_domain(row) for row in result], int(count or 0)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self._binds(progress_type) | {"b_item": item_id, "b_now": utcnow()}
         statement = _soft_delete_statement(self._organization_id is not None)
-        result = await self._conn.execute(statement, params)
+        if not isinstance(self._any, AsyncConnection):
+            compiled = driver_statement(statement)
+            status: str = await self._any.execute(compiled.sql, *compiled.args(params))
+            return int(status.rsplit(" ", 1)[-1])  # "UPDATE n"
+        result = await self._any.execute(statement, params)
         return int(result.rowcount)
 
     async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:

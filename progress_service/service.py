@@ -92,7 +92,7 @@ class UserProgressService:
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         assert_authenticated_tenant_user(principal)
         clean = validate_input(data)
-        async with self._db.transaction(write=True, principal=principal) as conn:
+        async with self._db.driver_transaction(write=True, principal=principal) as conn:
             record, _created = await UserProgressRepository(conn, principal).upsert(clean)
         return record
 
@@ -112,7 +112,7 @@ class UserProgressService:
         if violations:
             raise ValidationError(violations)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction(principal=principal) as conn:
+        async with self._db.driver_transaction(principal=principal) as conn:
             rows, count = await UserProgressRepository(conn, principal).list(
                 progress_type, item_id, paging
             )
@@ -124,7 +124,7 @@ class UserProgressService:
         clean_id = clean_item_id(item_id, "item_id", violations)
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True, principal=principal) as conn:
+        async with self._db.driver_transaction(write=True, principal=principal) as conn:
             return await UserProgressRepository(conn, principal).soft_delete(
                 progress_type, clean_id
             )

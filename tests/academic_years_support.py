@@ -116,14 +116,30 @@ async def stored(h: Harness, year_id: str) -> dict[str, Any]:
 
 @contextmanager
 def statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement the engine sends while the block runs."""
+    """Every SQL statement the engine sends while the block runs, through SQLAlchemy or straight
+    on the asyncpg connection (the PostgreSQL hot paths)."""
     seen: list[str] = []
+    drivers: list[Any] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
+    def logged(query: Any) -> None:
+        if not query.query.startswith("SELECT set_config"):  # already seen through SQLAlchemy
+            seen.append(query.query)
+
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if hasattr(driver, "add_query_logger") and driver not in drivers:
+            driver.add_query_logger(logged)
+            drivers.append(driver)
+
     event.listen(engine.sync_engine, "before_cursor_execute", record)
+    event.listen(engine.sync_engine.pool, "checkout", checkout)
     try:
         yield seen
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+        event.remove(engine.sync_engine.pool, "checkout", checkout)
+        for driver in drivers:
+            driver.remove_query_logger(logged)
