@@ -11,6 +11,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 MAX_VIOLATIONS = 20
+# Errors travel in response trailers, which clients cap at about 8 KiB (base64 grows them by a
+# third): bound what a violation may echo back of the caller's own input.
+MAX_FIELD_CHARS = 80
+MAX_DESCRIPTION_CHARS = 100
+MAX_MESSAGE_CHARS = 300
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class ValidationError(ServiceError):
         if message is None:
             first = self.violations[0] if self.violations else FieldViolation("", "invalid request")
             message = f"{first.field}: {first.description}" if first.field else first.description
+            message = _clip(message, MAX_MESSAGE_CHARS)
             if self.total > 1:
                 message += f" (and {self.total - 1} more)"
         super().__init__(message, reason=reason)
@@ -78,7 +88,8 @@ class ValidationError(ServiceError):
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=_clip(v.field, MAX_FIELD_CHARS),
+                    description=_clip(v.description, MAX_DESCRIPTION_CHARS),
                 )
                 for v in self.violations[:MAX_VIOLATIONS]
             ]

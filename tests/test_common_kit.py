@@ -224,3 +224,17 @@ def test_error_reason_and_metadata_are_carried() -> None:
         "x.v1",
         {"code": "thingNotFound"},
     )
+
+
+def test_validation_details_stay_small_whatever_the_input_echoes() -> None:
+    huge = "h" * 5000
+    error = ValidationError([FieldViolation(f"line {i}: {huge}", huge) for i in range(50)])
+    status = to_grpc_status(error, "progress.v1")
+    [(_, details)] = status.trailing_metadata
+    # Base64 on the wire adds a third; the whole trailer must stay under clients' 8 KiB cap.
+    assert len(details) * 4 / 3 + len(status.details) < 8 * 1024
+    bad = error_details_pb2.BadRequest()
+    assert status_pb2.Status.FromString(details).details[1].Unpack(bad)
+    assert len(bad.field_violations) == 20
+    assert bad.field_violations[0].field.startswith("line 0: hhh")
+    assert status.details.endswith("(and 49 more)")
