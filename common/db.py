@@ -120,8 +120,10 @@ def is_unavailable(exc: BaseException) -> bool:
         )
     if isinstance(exc, asyncpg.PostgresError):  # raised straight by asyncpg (hot paths, COPY)
         return (getattr(exc, "sqlstate", None) or "").startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True  # the connection's protocol state was broken by a lost or aborted operation
     if isinstance(exc, asyncpg.InterfaceError):  # also raised for an argument it cannot encode
-        return "connection is closed" in str(exc)
+        return "connection is closed" in str(exc) or "connection was closed" in str(exc)
     return isinstance(exc, OSError | TimeoutError)
 
 
@@ -187,13 +189,17 @@ class Database:
                 # has nothing to roll back. A connection left inside a transaction (a rollback
                 # that could not be sent) is closed rather than handed out again.
                 driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+                broken = False
                 try:
                     async with driver.transaction():
                         if principal is not None:
                             await driver.fetchrow(_SET_TENANT, *tenant_settings(principal))
                         yield driver
+                except Exception as exc:
+                    broken = is_unavailable(exc)  # the driver may be mid-protocol: never reuse
+                    raise
                 finally:
-                    if driver.is_closed() or driver.is_in_transaction():
+                    if broken or driver.is_closed() or driver.is_in_transaction():
                         await conn.invalidate()
         except Exception as exc:
             if is_unavailable(exc):
