@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import Principal
@@ -150,6 +152,12 @@ def _upsert_statement(dialect: str) -> Executable:
     insert = (postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)).values(
         {name: bindparam(name, type_=t.c[name].type) for name in _UPSERT_VALUES}
     )
+    return _on_conflict_update(insert).returning(*_COLUMNS)
+
+
+def _on_conflict_update(insert: PgInsert | SqliteInsert) -> PgInsert | SqliteInsert:
+    """The upsert rule shared by one row and a CSV import: a live key's row takes the new
+    value, score, metadata and campus; its creation stays as it was."""
     excluded = insert.excluded
     return insert.on_conflict_do_update(
         index_elements=_CONFLICT_KEY,
@@ -162,7 +170,7 @@ def _upsert_statement(dialect: str) -> Executable:
             "updatedById": excluded.updatedById,
             "updatedAt": excluded.updatedAt,
         },
-    ).returning(*_COLUMNS)
+    )
 
 
 class UserProgressRepository:
@@ -326,19 +334,7 @@ class UserProgressRepository:
             ],
             source,
         )  # fmt: skip
-        excluded = insert.excluded
-        return insert.on_conflict_do_update(
-            index_elements=_CONFLICT_KEY,
-            index_where=t.c.deletedAt.is_(None),
-            set_={
-                "value": excluded.value,
-                "score": excluded.score,
-                "metadata": excluded["metadata"],
-                "campusId": excluded.campusId,
-                "updatedById": excluded.updatedById,
-                "updatedAt": excluded.updatedAt,
-            },
-        )
+        return _on_conflict_update(insert)
 
     def export_statement(self, progress_type: str | None) -> Select[Any]:
         where = self._scope()
