@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +12,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from grpc import aio
-from sqlalchemy import MetaData, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import MetaData
 
 from common import client
 from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
 from common.server import RunningServer, ServiceDefinition, start_server
-from tests.support import SECRET
+from tests.support import SECRET, scratch_database
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -33,18 +31,8 @@ def pg_url() -> Iterator[str | None]:
     if not base:
         yield None
         return
-    url = make_url(base).set(drivername="postgresql+asyncpg")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(sql)
-        await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(base) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

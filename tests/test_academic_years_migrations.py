@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from academic_years_service.app import DEFINITION
 from common.migrations import upgrade
-from tests.support import head_revision
+from tests.support import head_revision, scratch_database
 
 INDEXES = {
     "academic_years_org_created",
@@ -60,13 +59,8 @@ def scratch_pg() -> Iterator[str]:
     base = os.environ.get("TEST_DATABASE_URL")
     if not base:
         pytest.skip("PostgreSQL tests need TEST_DATABASE_URL")
-    url = make_url(base).set(drivername="postgresql+asyncpg")
-    name = f"t_adopt_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_sql(url.render_as_string(False), [f'CREATE DATABASE "{name}"'], autocommit=True))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(
-        _sql(url.render_as_string(False), [f'DROP DATABASE "{name}" WITH (FORCE)'], autocommit=True)
-    )
+    with scratch_database(base, prefix="t_adopt") as url:
+        yield url
 
 
 async def _sql(url: str, statements: list[str], *, autocommit: bool = False) -> list[object]:

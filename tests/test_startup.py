@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import ROOT
-from tests.support import head_revision
+from tests.support import free_port, head_revision, scratch_database
 
 
 def run(
@@ -73,24 +68,8 @@ def empty_pg_database(pg_url: str | None) -> Iterator[str]:
     """A new, empty database on the test server, dropped afterwards."""
     if not pg_url:
         pytest.skip("needs TEST_DATABASE_URL")
-    url = make_url(pg_url)
-    name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(sql)
-        await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with scratch_database(pg_url) as url:
+        yield url
 
 
 def test_postgres_needs_explicit_migrate_then_serves_and_drains(empty_pg_database: str) -> None:
@@ -100,7 +79,7 @@ def test_postgres_needs_explicit_migrate_then_serves_and_drains(empty_pg_databas
     assert "progress_service migrate" in refused.stderr
     assert run(["progress_service", "migrate"], env).returncode == 0
 
-    port = _free_port()
+    port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "progress_service", "serve"],
