@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -130,25 +133,86 @@ def is_unavailable(exc: BaseException) -> bool:
 # What a repository's hot paths run on: SQLAlchemy's connection, or asyncpg's on PostgreSQL.
 Connection: TypeAlias = AsyncConnection | asyncpg.Connection
 
+# How long a unit of work waits for a pooled connection before the call is UNAVAILABLE (the same
+# as SQLAlchemy's default pool timeout), and how long closing the pool waits for lent ones.
+POOL_TIMEOUT_SECONDS = 30.0
+
+
+def _json_codecs() -> tuple[dict[str, Any], dict[str, Any]]:
+    """asyncpg codecs for json and jsonb, as SQLAlchemy's dialect installs them, so a bound
+    parameter and a fetched value look the same on either pool."""
+
+    def jsonb_encode(text: str) -> bytes:
+        return b"\x01" + text.encode()
+
+    def jsonb_decode(data: bytes) -> Any:
+        return json.loads(data[1:].decode())
+
+    def json_decode(data: bytes) -> Any:
+        return json.loads(data.decode())
+
+    common = {"schema": "pg_catalog", "format": "binary"}
+    return (
+        {"typename": "json", "encoder": str.encode, "decoder": json_decode, **common},
+        {"typename": "jsonb", "encoder": jsonb_encode, "decoder": jsonb_decode, **common},
+    )
+
+
+async def _init_driver_connection(conn: asyncpg.Connection) -> None:
+    for codec in _json_codecs():
+        await conn.set_type_codec(**codec)
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Nothing to reset on release: units of work set only transaction-local settings, and
+    asyncpg itself rolls back a connection returned inside a transaction."""
+
+
+def _terminate(driver: asyncpg.Connection) -> None:
+    """Close a lent connection at once, unless the pool has already taken it back closed."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # released when it closed
+        driver.terminate()
+
 
 class Database:
-    """One engine per process; `transaction()` is the unit of work (`withTransaction`)."""
+    """One engine per process; `transaction()` is the unit of work (`withTransaction`).
+
+    On PostgreSQL a process keeps two pools, each of up to `pool_size` connections opened on
+    demand: SQLAlchemy's, for `transaction()`, and asyncpg's own, for `driver_transaction()`
+    (the hot RPCs). asyncpg's pool lends and takes back a connection for a fraction of the CPU
+    that SQLAlchemy's pool and its greenlet bridge spend (see docs/benchmarks.md).
+    """
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, max_overflow: int = 0, echo: bool = False
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 0,
+        pool_timeout: float = POOL_TIMEOUT_SECONDS,
+        echo: bool = False,
     ) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
+                pool_recycle=1800,
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        self._driver_pool: asyncpg.Pool | None = None
+        self._driver_pool_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(
@@ -171,36 +235,57 @@ class Database:
                 raise UnavailableError("database unavailable") from exc
             raise
 
+    @property
+    def driver_pool(self) -> asyncpg.Pool | None:
+        """asyncpg's pool once a hot-path unit of work has opened it (PostgreSQL only)."""
+        return self._driver_pool
+
+    async def _open_driver_pool(self) -> asyncpg.Pool:
+        async with self._driver_pool_lock:
+            if self._driver_pool is None:
+                args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+                for sqlalchemy_only in (
+                    "prepared_statement_cache_size",
+                    "prepared_statement_name_func",
+                    "async_creator_fn",
+                ):
+                    kwargs.pop(sqlalchemy_only, None)
+                self._driver_pool = await asyncpg.create_pool(
+                    *args,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    init=_init_driver_connection,
+                    reset=_keep_session,
+                    **kwargs,
+                )
+            return self._driver_pool
+
     @asynccontextmanager
     async def driver_transaction(
         self, *, write: bool = False, principal: Principal | None = None
     ) -> AsyncIterator[Connection]:
         """The hot paths' unit of work: on PostgreSQL, asyncpg's own transaction on a connection
-        the engine's pool lends, yielding the asyncpg connection (see `driver_statement`);
-        elsewhere `transaction()`. Same commit/rollback, UNAVAILABLE and row-level security rules.
+        from asyncpg's pool, yielding that connection (see `driver_statement`); elsewhere
+        `transaction()`. Same commit/rollback, UNAVAILABLE and row-level security rules.
         """
         if self.dialect != "postgresql":
             async with self.transaction(write=write, principal=principal) as conn:
                 yield conn
             return
         try:
-            async with self.engine.connect() as conn:
-                # SQLAlchemy never begins here: nothing runs through it, and its reset on return
-                # has nothing to roll back. A connection left inside a transaction (a rollback
-                # that could not be sent) is closed rather than handed out again.
-                driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
-                broken = False
+            pool = self._driver_pool or await self._open_driver_pool()
+            async with pool.acquire(timeout=self.pool_timeout) as proxy:
+                # The pool lends a proxy that forwards every call to the connection.
+                driver = cast(asyncpg.Connection, proxy)
                 try:
                     async with driver.transaction():
                         if principal is not None:
                             await driver.fetchrow(_SET_TENANT, *tenant_settings(principal))
                         yield driver
                 except Exception as exc:
-                    broken = is_unavailable(exc)  # the driver may be mid-protocol: never reuse
+                    if is_unavailable(exc):  # the driver may be mid-protocol: never reuse it
+                        _terminate(driver)
                     raise
-                finally:
-                    if broken or driver.is_closed() or driver.is_in_transaction():
-                        await conn.invalidate()
         except Exception as exc:
             if is_unavailable(exc):
                 raise UnavailableError("database unavailable") from exc
@@ -211,6 +296,12 @@ class Database:
             await conn.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
+        pool, self._driver_pool = self._driver_pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), POOL_TIMEOUT_SECONDS)
+            except TimeoutError:
+                pool.terminate()
         await self.engine.dispose()
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from academic_years.v1 import academic_years_pb2 as pb
 from academic_years.v1 import academic_years_pb2_grpc
 from sqlalchemy import Table, event, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from academic_years_service.tables import academic_years
+from common.db import Database
 from tests.conftest import Harness
 from tests.support import Caller, new_uuid
 
@@ -115,31 +116,34 @@ async def stored(h: Harness, year_id: str) -> dict[str, Any]:
 
 
 @contextmanager
-def statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement the engine sends while the block runs, through SQLAlchemy or straight
-    on the asyncpg connection (the PostgreSQL hot paths)."""
+def statements(db: Database) -> Iterator[list[str]]:
+    """Every SQL statement the database sends while the block runs, through SQLAlchemy or
+    straight on an asyncpg connection (the PostgreSQL hot paths, `driver_transaction`)."""
     seen: list[str] = []
-    drivers: list[Any] = []
+    hot_path = db.driver_transaction
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
     def logged(query: Any) -> None:
-        if not query.query.startswith("SELECT set_config"):  # already seen through SQLAlchemy
-            seen.append(query.query)
+        seen.append(query.query)
 
-    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        driver = getattr(dbapi_connection, "driver_connection", None)
-        if hasattr(driver, "add_query_logger") and driver not in drivers:
-            driver.add_query_logger(logged)
-            drivers.append(driver)
+    @asynccontextmanager
+    async def logging_driver_transaction(**kwargs: Any) -> AsyncIterator[Any]:
+        async with hot_path(**kwargs) as conn:
+            if isinstance(conn, AsyncConnection):  # SQLite: already seen through SQLAlchemy
+                yield conn
+                return
+            conn.add_query_logger(logged)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(logged)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    event.listen(engine.sync_engine.pool, "checkout", checkout)
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    db.driver_transaction = logging_driver_transaction  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
-        event.remove(engine.sync_engine.pool, "checkout", checkout)
-        for driver in drivers:
-            driver.remove_query_logger(logged)
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        del db.driver_transaction

@@ -165,7 +165,7 @@ async def test_get_issues_a_bounded_number_of_statements(academic_years: Harness
     await seed(academic_years, timetables, *children(few, 1), *children(many, 150))
     counts = []
     for year_id, size in ((few, 1), (many, 150)):
-        with statements(academic_years.db.engine) as seen:
+        with statements(academic_years.db) as seen:
             got = await get(academic_years, caller, year_id)
         assert len(got.classes_academic_year) == len(got.timetables_academic_year) == size
         # Not counted: the row-level security settings every transaction starts with.

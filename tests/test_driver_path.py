@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.tables import classes, organizations, timetables
@@ -57,9 +58,9 @@ async def stored_rows(db: Database) -> int:
 
 async def assert_clean(db: Database) -> None:
     """The pooled connection is idle (no open transaction) and the tenant settings are gone."""
-    async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None and not driver.is_in_transaction()
+    assert db.driver_pool is not None and db.driver_pool.get_max_size() == 1
+    async with db.driver_pool.acquire() as driver:
+        assert not driver.is_in_transaction()
         settings = await driver.fetchrow(
             "SELECT current_setting('app.organization_id', true),"
             " current_setting('app.user_id', true)"
@@ -71,7 +72,7 @@ async def upsert_then(db: Database, who: Principal | None, then: str | None) -> 
     """One hot-path unit of work: an upsert, then `then` on the driver ('boom' raises)."""
     owner = who or principal(new_uuid())
     async with db.driver_transaction(write=True, principal=who) as driver:
-        assert isinstance(driver, asyncpg.Connection) and driver.is_in_transaction()
+        assert not isinstance(driver, AsyncConnection) and driver.is_in_transaction()
         await UserProgressRepository(driver, owner).upsert(UserProgressInput("sign_learned", "a"))
         if who is not None:
             assert await driver.fetchval("SELECT current_setting('app.user_id')") == who.user_id
@@ -142,7 +143,7 @@ async def both_paths(
 ) -> tuple[Any, Any]:
     """(asyncpg path, Core path) results of the same repository call, each in its own unit."""
     async with db.driver_transaction(principal=who) as driver:
-        assert isinstance(driver, asyncpg.Connection)
+        assert not isinstance(driver, AsyncConnection)
         fast = await getattr(make(driver, who), call)(*args)
     async with db.transaction(principal=who) as conn:
         core = await getattr(make(conn, who), call)(*args)
@@ -257,3 +258,37 @@ async def test_a_cancelled_unit_leaves_no_rows_and_no_open_transaction(single: D
         await task
     assert await stored_rows(single) == 0
     await assert_clean(single)
+
+
+async def test_a_caller_waits_for_a_free_connection_then_is_unavailable(progress: Harness) -> None:
+    postgres_only(progress)
+    db = Database(progress.db.url, pool_size=1, pool_timeout=0.2)
+    try:
+        async with db.driver_transaction():
+            with pytest.raises(UnavailableError):
+                async with db.driver_transaction():
+                    pass
+        async with db.driver_transaction() as driver:  # free again once the first is done
+            assert await driver.fetchval("SELECT 1") == 1
+    finally:
+        await db.dispose()
+
+
+async def test_dispose_closes_the_hot_path_pool(progress: Harness) -> None:
+    postgres_only(progress)
+    db = Database(progress.db.url, pool_size=2)
+    async with db.driver_transaction() as driver:
+        backend = await driver.fetchval("SELECT pg_backend_pid()")
+    pool = db.driver_pool
+    assert pool is not None and pool.get_size() == 1
+    await db.dispose()
+    assert db.driver_pool is None and pool.is_closing()
+    for _ in range(50):  # the server notices the closed connection asynchronously
+        async with progress.db.transaction() as conn:
+            alive = await conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend}
+            )
+        if not alive:
+            break
+        await asyncio.sleep(0.02)
+    assert alive == 0
