@@ -22,8 +22,9 @@ from common.errors import (
     ValidationError,
     to_grpc_status,
 )
+from common.logs import ACCESS_LOGGER
 
-log = logging.getLogger("rpc")
+log = logging.getLogger(ACCESS_LOGGER)
 
 PUBLIC_SERVICES = frozenset(
     {
