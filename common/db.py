@@ -133,8 +133,8 @@ def is_unavailable(exc: BaseException) -> bool:
 # What a repository's hot paths run on: SQLAlchemy's connection, or asyncpg's on PostgreSQL.
 Connection: TypeAlias = AsyncConnection | asyncpg.Connection
 
-# How long a unit of work waits for a pooled connection before the call is UNAVAILABLE (the same
-# as SQLAlchemy's default pool timeout), and how long closing the pool waits for lent ones.
+# How long `transaction()` waits for a pooled connection before the call is UNAVAILABLE (the
+# same as SQLAlchemy's default), and how long closing asyncpg's pool waits for lent ones.
 POOL_TIMEOUT_SECONDS = 30.0
 
 
@@ -274,7 +274,9 @@ class Database:
             return
         try:
             pool = self._driver_pool or await self._open_driver_pool()
-            async with pool.acquire(timeout=self.pool_timeout) as proxy:
+            # No timer on the wait for a connection: the call's deadline bounds it (gRPC cancels
+            # the call when it passes), and arming one cost as much CPU as the lending itself.
+            async with pool.acquire() as proxy:
                 # The pool lends a proxy that forwards every call to the connection.
                 driver = cast(asyncpg.Connection, proxy)
                 try:

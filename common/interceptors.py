@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import uuid
@@ -280,11 +281,17 @@ class ErrorInterceptor(_CachingInterceptor):
 RpcObserver = Callable[[str, grpc.StatusCode, float], None]
 
 
+# Ids for calls that bring none: a random per-process prefix and a counter, unique without
+# reading the system's random source on every call.
+_REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
+_request_numbers = itertools.count(1)
+
+
 def _request_id(context: aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             return value if isinstance(value, str) else value.decode()
-    return uuid.uuid4().hex
+    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
 
 
 class ServedByInterceptor(_BeforeCallInterceptor):

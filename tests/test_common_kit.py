@@ -238,3 +238,19 @@ def test_validation_details_stay_small_whatever_the_input_echoes() -> None:
     assert len(bad.field_violations) == 20
     assert bad.field_violations[0].field.startswith("line 0: hhh")
     assert status.details.endswith("(and 49 more)")
+
+
+class _Metadata:
+    def __init__(self, *pairs: tuple[str, str]) -> None:
+        self._pairs = pairs
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._pairs
+
+
+def test_request_ids_are_the_callers_or_new_and_distinct() -> None:
+    from common.interceptors import _request_id
+
+    assert _request_id(_Metadata(("x-request-id", "req-7"))) == "req-7"  # type: ignore[arg-type]
+    generated = {_request_id(_Metadata()) for _ in range(1000)}  # type: ignore[arg-type]
+    assert len(generated) == 1000 and all(len(i) == 32 for i in generated)

@@ -260,16 +260,26 @@ async def test_a_cancelled_unit_leaves_no_rows_and_no_open_transaction(single: D
     await assert_clean(single)
 
 
-async def test_a_caller_waits_for_a_free_connection_then_is_unavailable(progress: Harness) -> None:
+async def test_a_waiting_caller_is_bounded_by_its_deadline_and_takes_nothing(
+    progress: Harness,
+) -> None:
     postgres_only(progress)
-    db = Database(progress.db.url, pool_size=1, pool_timeout=0.2)
+    db = Database(progress.db.url, pool_size=1)
+
+    async def one_unit() -> int:
+        async with db.driver_transaction() as driver:
+            return int(await driver.fetchval("SELECT 1"))
+
     try:
         async with db.driver_transaction():
-            with pytest.raises(UnavailableError):
-                async with db.driver_transaction():
-                    pass
-        async with db.driver_transaction() as driver:  # free again once the first is done
-            assert await driver.fetchval("SELECT 1") == 1
+            waiting = asyncio.create_task(one_unit())
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # waits for the only connection
+            waiting.cancel()  # what gRPC does when the call's deadline passes
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert await one_unit() == 1  # the connection came back and nothing else was opened
+        assert db.driver_pool is not None and db.driver_pool.get_size() == 1
     finally:
         await db.dispose()
 
