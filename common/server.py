@@ -110,10 +110,11 @@ async def start_server(
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
+    errors = ErrorInterceptor(
+        definition.domain, (*observers, metrics.observe) if metrics else observers
+    )
     interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        ErrorInterceptor(
-            definition.domain, (*observers, metrics.observe) if metrics else observers
-        ),
+        errors,
         AuthInterceptor(TokenVerifier(settings.jwt)),
     ]
     if db.dialect == "sqlite":
@@ -144,6 +145,7 @@ async def start_server(
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
     running = RunningServer(server, port, health_servicer, db, metrics=metrics)
+    running.extra_shutdown.append(errors.flush_access_log)  # the last calls' lines
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -144,6 +146,15 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
 
 
+async def logged(buffer: io.StringIO, count: int) -> list[dict[str, object]]:
+    """The access lines once `count` have been written (they are logged in batches)."""
+    for _ in range(200):
+        if len(found := lines(buffer)) >= count:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} access lines expected, got {lines(buffer)}")
+
+
 async def test_one_json_line_per_rpc_without_the_token(
     progress: Harness, access_log: io.StringIO
 ) -> None:
@@ -157,8 +168,9 @@ async def test_one_json_line_per_rpc_without_the_token(
         stub.ListUserProgress(pb.ListUserProgressRequest(progress_type="x"), metadata=bad),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+    answered = time.time()
 
-    ok, failed = lines(access_log)
+    ok, failed = await logged(access_log, 2)
     assert ok["msg"] == "rpc" and ok["level"] == "info"
     assert ok["method"] == f"/{SERVICE}/UpsertUserProgress"
     assert ok["code"] == "OK"
@@ -169,6 +181,24 @@ async def test_one_json_line_per_rpc_without_the_token(
     assert failed["code"] == "UNAUTHENTICATED"
     assert failed["user_id"] is None
     assert len(str(failed["request_id"])) == 32  # generated when the caller sends none
+    # The time is when each call ended, though the lines were written later, in one batch.
+    stamps = [dt.datetime.fromisoformat(str(line["ts"])).timestamp() for line in (ok, failed)]
+    assert answered - 5 < stamps[0] <= stamps[1] <= answered + 0.001
     text = access_log.getvalue()
     assert token not in text and token.split(".")[1] not in text
     assert "authorization" not in text.lower()
+
+
+async def test_shutdown_writes_the_last_calls_lines(
+    backend: str, backend_urls: dict[str, str], access_log: io.StringIO
+) -> None:
+    from progress_service.app import DEFINITION
+    from progress_service.tables import metadata
+
+    harness = await start_harness(DEFINITION, backend_urls[backend], metadata)
+    stub, caller = progress_pb2_grpc.UserProgressServiceStub(harness.channel), Caller()
+    request = pb.ListUserProgressRequest(progress_type="sign_learned")
+    await stub.ListUserProgress(request, metadata=caller.md)
+    await stop_harness(harness)  # at once: sooner than the batch would have been written
+    (line,) = lines(access_log)
+    assert line["method"] == f"/{SERVICE}/ListUserProgress" and line["code"] == "OK"
