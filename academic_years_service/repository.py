@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import replace
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, TypeAlias
 
 import asyncpg
 from sqlalchemy import (
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Date,
+    Executable,
     Row,
     Select,
     Table,
@@ -113,37 +114,103 @@ def contains(column: Any, text: str) -> ColumnElement[bool]:
     return result
 
 
-def within(column: Any, bounds: Bounds[Any]) -> list[ColumnElement[bool]]:
-    clauses: list[ColumnElement[bool]] = []
+# List, Count and Export statements are built once per filter shape (which filters are given,
+# which bounds each range has, how many organizations) with bind parameters, and reused with
+# the values of each call: building and compiling them per call cost more CPU than running them.
+BoundsShape: TypeAlias = tuple[bool, bool, bool] | None  # (lower, upper, upper exclusive)
+FilterShape: TypeAlias = tuple[
+    bool, bool, BoundsShape, BoundsShape, BoundsShape, BoundsShape, bool, int | None
+]
+
+
+def _bounds(prefix: str, bounds: Bounds[Any] | None, params: dict[str, Any]) -> BoundsShape:
+    if bounds is None:
+        return None
     if bounds.lower is not None:
-        clauses.append(column >= bounds.lower)
+        params[f"{prefix}_lower"] = bounds.lower
     if bounds.upper is not None:
-        clauses.append(column < bounds.upper if bounds.upper_exclusive else column <= bounds.upper)
+        params[f"{prefix}_upper"] = bounds.upper
+    return bounds.lower is not None, bounds.upper is not None, bounds.upper_exclusive
+
+
+def filter_binds(f: AcademicYearFilter) -> tuple[FilterShape, dict[str, Any]]:
+    """The filter's shape (`filter_clauses` builds one statement per shape) and the values of
+    its bind parameters."""
+    params: dict[str, Any] = {}
+    if f.id is not None:
+        params["f_id"] = f.id
+    if f.name is not None:
+        params["f_name"] = f"%{escape_like(f.name)}%"
+    if f.current is not None:
+        params["f_current"] = f.current
+    for i, organization in enumerate(f.organizations or ()):
+        params[f"f_org_{i}"] = organization
+    shape: FilterShape = (
+        f.id is not None,
+        f.name is not None,
+        _bounds("f_calendar", f.calendar, params),
+        _bounds("f_start", f.start_date, params),
+        _bounds("f_end", f.end_date, params),
+        _bounds("f_created", f.created_at, params),
+        f.current is not None,
+        None if f.organizations is None else len(f.organizations),
+    )
+    return shape, params
+
+
+def _bind(name: str, values: Mapping[str, Any] | None, type_: Any = None) -> Any:
+    """A bind parameter, holding its value when `values` are given (a statement used once)."""
+    if values is None:
+        return bindparam(name, type_=type_)
+    return bindparam(name, values[name], type_=type_)
+
+
+def within(
+    column: Any, prefix: str, shape: BoundsShape, values: Mapping[str, Any] | None
+) -> list[ColumnElement[bool]]:
+    """`column` inside the bounds bound as `<prefix>_lower` and `<prefix>_upper`."""
+    clauses: list[ColumnElement[bool]] = []
+    if shape is None:
+        return clauses
+    lower, upper, upper_exclusive = shape
+    if lower:
+        clauses.append(column >= _bind(f"{prefix}_lower", values))
+    if upper:
+        bound = _bind(f"{prefix}_upper", values)
+        clauses.append(column < bound if upper_exclusive else column <= bound)
     return clauses
 
 
-def filter_clauses(f: AcademicYearFilter) -> list[ColumnElement[bool]]:
-    """The filter as WHERE clauses, all ANDed; `active` has no column and is not among them."""
+def filter_clauses(
+    shape: FilterShape, values: Mapping[str, Any] | None = None
+) -> list[ColumnElement[bool]]:
+    """The filter as WHERE clauses, all ANDed; `active` has no column and is not among them.
+
+    Without `values` the clauses take the bind values of `filter_binds` at execution."""
+    has_id, has_name, calendar, start, end, created, has_current, organizations = shape
     clauses: list[ColumnElement[bool]] = []
-    if f.id is not None:
-        clauses.append(t.c.id == f.id)
-    if f.name is not None:
-        clauses.append(contains(t.c.name, f.name))
-    if f.calendar is not None:
+    if has_id:
+        clauses.append(t.c.id == _bind("f_id", values))
+    if has_name:
+        clauses.append(t.c.name.ilike(_bind("f_name", values), escape="\\"))
+    if calendar is not None:
         clauses.append(
-            or_(and_(*within(t.c.start_date, f.calendar)), and_(*within(t.c.end_date, f.calendar)))
+            or_(
+                and_(*within(t.c.start_date, "f_calendar", calendar, values)),
+                and_(*within(t.c.end_date, "f_calendar", calendar, values)),
+            )
         )
-    for column, bounds in (
-        (t.c.start_date, f.start_date),
-        (t.c.end_date, f.end_date),
-        (t.c.createdAt, f.created_at),
-    ):
-        if bounds is not None:
-            clauses.extend(within(column, bounds))
-    if f.current is not None:
-        clauses.append(t.c.current == f.current)
-    if f.organizations is not None:
-        clauses.append(t.c.organizationId.in_(f.organizations))
+    clauses += within(t.c.start_date, "f_start", start, values)
+    clauses += within(t.c.end_date, "f_end", end, values)
+    clauses += within(t.c.createdAt, "f_created", created, values)
+    if has_current:
+        clauses.append(t.c.current == _bind("f_current", values))
+    if organizations == 0:
+        clauses.append(false())  # an empty list matches nothing
+    elif organizations is not None:
+        # Typed: a bind parameter inside IN (…) does not take the column's type by itself.
+        orgs = [_bind(f"f_org_{i}", values, UUID_TYPE) for i in range(organizations)]
+        clauses.append(t.c.organizationId.in_(orgs))
     return clauses
 
 
@@ -164,6 +231,24 @@ def tenant_scope(organization_id: Any) -> ColumnElement[bool]:
     if organization_id is not None:
         clauses.append(t.c.organizationId == organization_id)
     return and_(*clauses)
+
+
+@lru_cache(maxsize=512)
+def _list_statements(
+    global_access: bool, shape: FilterShape, ordering: Ordering
+) -> tuple[Select[Any], Select[Any]]:
+    """(count, page) for one filter shape and order; binds `scope_org`, `limit`, `offset`."""
+    scope = tenant_scope(None if global_access else bindparam("scope_org"))
+    clauses = filter_clauses(shape)
+    count = select(func.count()).select_from(t).where(scope, *clauses)
+    page = (
+        select(*_COLUMNS)
+        .where(scope, *clauses)
+        .order_by(*order_by(ordering))
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return count, page
 
 
 # Get serves every detail view: its statements are built once, with bind parameters, since
@@ -217,8 +302,20 @@ class AcademicYearsRepository:
     def scoped(self, *columns: Any) -> Select[Any]:
         return select(*columns).select_from(t).where(self._scope())
 
-    def filtered(self, f: AcademicYearFilter, *columns: Any) -> Select[Any]:
-        return self.scoped(*columns).where(*filter_clauses(f))
+    def _list_binds(self, f: AcademicYearFilter) -> tuple[FilterShape, dict[str, Any]]:
+        shape, params = filter_binds(f)
+        if self._organization_id is not None:
+            params["scope_org"] = self._organization_id
+        return shape, params
+
+    @staticmethod
+    async def _fetch(
+        driver: asyncpg.Connection, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        """Rows of a statement built once, straight on the asyncpg connection."""
+        compiled = driver_statement(statement)
+        rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
+        return rows
 
     def _owner(self, requested: str | None) -> str:
         """The organization a new row belongs to: the token's, or any for global access."""
@@ -338,17 +435,25 @@ class AcademicYearsRepository:
     async def page(
         self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest
     ) -> tuple[list[AcademicYear], int]:
-        count = await self.count(f)
-        statement = (
-            self.filtered(f, *_COLUMNS)
-            .order_by(*order_by(ordering))
-            .limit(page.limit)
-            .offset(page.offset)
-        )
-        return [_to_domain(row) for row in await self._conn.execute(statement)], count
+        shape, params = self._list_binds(f)
+        counting, paging = _list_statements(self._organization_id is None, shape, ordering)
+        paged = {**params, "limit": page.limit, "offset": page.offset}
+        if not isinstance(self._any, AsyncConnection):
+            ((count,),) = await self._fetch(self._any, counting, params)
+            return [_from_record(r) for r in await self._fetch(self._any, paging, paged)], int(
+                count
+            )
+        count = await self._any.scalar(counting, params)
+        result = await self._any.execute(paging, paged)
+        return [_to_domain(row) for row in result], int(count or 0)
 
     async def count(self, f: AcademicYearFilter) -> int:
-        return int(await self._conn.scalar(self.filtered(f, func.count())) or 0)
+        shape, params = self._list_binds(f)
+        counting, _paging = _list_statements(self._organization_id is None, shape, Ordering())
+        if not isinstance(self._any, AsyncConnection):
+            ((count,),) = await self._fetch(self._any, counting, params)
+            return int(count)
+        return int(await self._any.scalar(counting, params) or 0)
 
     async def autocomplete(
         self, query: str, query_id: str | None, limit: int, offset: int
@@ -445,6 +550,7 @@ class AcademicYearsRepository:
         return int(result.rowcount)
 
     def export_statement(self, f: AcademicYearFilter, ordering: Ordering) -> Select[Any]:
-        return self.filtered(
-            f, t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date
-        ).order_by(*order_by(ordering))
+        shape, params = filter_binds(f)
+        columns = (t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date)
+        statement = self.scoped(*columns).where(*filter_clauses(shape, params))
+        return statement.order_by(*order_by(ordering))

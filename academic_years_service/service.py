@@ -223,14 +223,14 @@ class AcademicYearsService:
         authorize(principal, READ)
         f, ordering = parse_filter(request)
         paging = resolve_pagination(limit, page)
-        async with self._db.transaction(principal=principal) as conn:
+        async with self._db.driver_transaction(principal=principal) as conn:
             rows, count = await AcademicYearsRepository(conn, principal).page(f, ordering, paging)
         return Page(rows, count)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         authorize(principal, READ)
         f, _ordering = parse_filter(request)
-        async with self._db.transaction(principal=principal) as conn:
+        async with self._db.driver_transaction(principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).count(f)
 
     async def autocomplete(

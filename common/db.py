@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -328,7 +328,7 @@ class DriverStatement:
         ]
 
 
-@cache
+@lru_cache(maxsize=2048)  # bounded: List's statements are built per filter shape
 def driver_statement(statement: Executable) -> DriverStatement:
     """`statement` (built once, with bind parameters) as PostgreSQL SQL for asyncpg."""
     compiled: Any = cast(ClauseElement, statement).compile(dialect=_PG_DIALECT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest_asyncio
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.tables import classes, organizations, timetables
 from common.auth import Principal
@@ -31,6 +33,16 @@ pytestmark = pytest.mark.asyncio
 
 def principal(org: str | None, user: str | None = None, global_access: bool = False) -> Principal:
     return Principal(user or new_uuid(), org, None, global_access, frozenset())
+
+
+def academic_years_personas(org_a: str, org_b: str) -> list[Principal]:
+    """Staff of either organization, a global caller, and a stranger."""
+    return [
+        principal(org_a),
+        principal(org_b),
+        principal(None, global_access=True),
+        principal(new_uuid()),
+    ]
 
 
 def postgres_only(h: Harness) -> None:
@@ -150,6 +162,15 @@ async def both_paths(
     return fast, core
 
 
+async def same_page_on_both_paths(
+    db: Database, who: Principal, make: Any, call: str, *args: Any
+) -> int:
+    """Asserts both paths return the same (rows, count); the number of rows."""
+    fast, core = await both_paths(db, who, make, call, *args)
+    assert fast == core
+    return len(fast[0])
+
+
 async def test_progress_fast_path_matches_core_for_every_persona(progress: Harness) -> None:
     postgres_only(progress)
     org_a, org_b, user, other = new_uuid(), new_uuid(), new_uuid(), new_uuid()
@@ -167,11 +188,9 @@ async def test_progress_fast_path_matches_core_for_every_persona(progress: Harne
         for kind in ("sign_learned", "zone_checkin"):
             for item in (None, "i1", "i3", "nope"):
                 for page in (PageRequest(10, 0), PageRequest(1, 1)):
-                    fast, core = await both_paths(
+                    rows_seen += await same_page_on_both_paths(
                         progress.db, who, UserProgressRepository, "list", kind, item, page
                     )
-                    assert fast == core
-                    rows_seen += len(fast[0])
     assert rows_seen > 20  # the comparisons were not all of empty pages
 
 
@@ -216,12 +235,7 @@ async def test_academic_years_get_fast_path_matches_core_for_every_persona(
                 {"name": "m", "academic_yearId": year, "organizationId": org},
                 {"name": "x", "academic_yearId": year, "organizationId": new_uuid()},
             )
-    personas = [
-        principal(org_a),
-        principal(org_b),
-        principal(None, global_access=True),
-        principal(new_uuid()),
-    ]
+    personas = academic_years_personas(org_a, org_b)
     found = 0
     for who in personas:
         for year_id in (*years, new_uuid()):
@@ -231,6 +245,63 @@ async def test_academic_years_get_fast_path_matches_core_for_every_persona(
             assert fast == core
             found += fast is not None and len(fast.classes) == 2
     assert found == 5  # org a: 1, org b: 1, global: 3, stranger: 0
+
+
+async def test_academic_years_list_fast_path_matches_core_for_every_filter_shape(
+    academic_years: Harness,
+) -> None:
+    postgres_only(academic_years)
+    org_a, org_b = new_uuid(), new_uuid()
+    rows: list[dict[str, Any]] = []
+    for org in (org_a, org_b, None):
+        for i in range(6):
+            rows.append(
+                {
+                    "name": ["Alpha 100%", "beta_2", None, "Gamma", "alpha", "Delta"][i],
+                    "organizationId": org,
+                    "start_date": dt.date(2020 + i, 9, 1) if i != 3 else None,
+                    "end_date": dt.date(2021 + i, 6, 30) if i != 4 else None,
+                    "current": i == 1,
+                    "deletedAt": None,
+                }
+            )
+    gone = {**rows[0], "name": "gone", "deletedAt": utc("2025-02-01T00:00:00")}
+    rows.append(gone)
+    ids = await seed_years(academic_years, *rows)
+    d = dt.date
+    filters = [
+        AcademicYearFilter(),
+        AcademicYearFilter(id=ids[1]),
+        AcademicYearFilter(name="ALPHA"),
+        AcademicYearFilter(name="100%"),
+        AcademicYearFilter(name="_"),
+        AcademicYearFilter(calendar=Bounds(d(2021, 1, 1), d(2022, 12, 31))),
+        AcademicYearFilter(calendar=Bounds(d(2023, 1, 1), None)),
+        AcademicYearFilter(start_date=Bounds(None, d(2022, 9, 1), upper_exclusive=True)),
+        AcademicYearFilter(start_date=Bounds(d(2021, 9, 1), d(2022, 9, 1))),
+        AcademicYearFilter(end_date=Bounds(d(2023, 1, 1), None)),
+        AcademicYearFilter(created_at=Bounds(utc("2025-01-01T00:00:03"), None)),
+        AcademicYearFilter(current=True),
+        AcademicYearFilter(current=False, name="a"),
+        AcademicYearFilter(organizations=(org_a,)),
+        AcademicYearFilter(organizations=(org_a, org_b)),
+        AcademicYearFilter(organizations=()),
+    ]
+    orderings = [Ordering(), Ordering("name", False), Ordering("end_date", True), Ordering("id")]
+    personas = academic_years_personas(org_a, org_b)
+    seen = 0
+    for who in personas:
+        for f in filters:
+            fast, core = await both_paths(
+                academic_years.db, who, AcademicYearsRepository, "count", f
+            )
+            assert fast == core
+            for ordering in orderings:
+                for page in (PageRequest(100, 0), PageRequest(2, 1)):
+                    seen += await same_page_on_both_paths(
+                        academic_years.db, who, AcademicYearsRepository, "page", f, ordering, page
+                    )
+    assert seen > 500  # the comparisons were not all of empty pages
 
 
 async def test_only_lost_connections_from_asyncpg_are_unavailable() -> None:
