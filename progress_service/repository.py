@@ -148,11 +148,15 @@ _UPSERT_VALUES = (
 
 @cache
 def _upsert_statement(dialect: str) -> Executable:
-    """One atomic INSERT … ON CONFLICT on the connection's dialect."""
-    insert = (postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)).values(
-        {name: bindparam(name, type_=t.c[name].type) for name in _UPSERT_VALUES}
-    )
-    return _on_conflict_update(insert).returning(*_COLUMNS)
+    """One atomic INSERT … ON CONFLICT on the connection's dialect. PostgreSQL draws the new
+    row's id itself (`gen_random_uuid()`): one value less to make, encode and send per call."""
+    values: dict[str, Any] = {
+        name: bindparam(name, type_=t.c[name].type) for name in _UPSERT_VALUES
+    }
+    if dialect == "postgresql":
+        values["id"] = func.gen_random_uuid()
+        return _on_conflict_update(postgresql.insert(t).values(values)).returning(*_COLUMNS)
+    return _on_conflict_update(sqlite.insert(t).values(values)).returning(*_COLUMNS)
 
 
 def _on_conflict_update(insert: PgInsert | SqliteInsert) -> PgInsert | SqliteInsert:
@@ -211,7 +215,6 @@ class UserProgressRepository:
         """One atomic INSERT … ON CONFLICT; returns the row and whether it was created."""
         now = utcnow()
         values = {
-            "id": new_id(),
             "progress_type": data.progress_type,
             "item_id": data.item_id,
             "value": data.value,
@@ -226,7 +229,10 @@ class UserProgressRepository:
             "updatedAt": now,
         }
         if isinstance(self._any, AsyncConnection):
-            statement = _upsert_statement(self._any.dialect.name)
+            dialect = self._any.dialect.name
+            if dialect != "postgresql":
+                values["id"] = new_id()
+            statement = _upsert_statement(dialect)
             record = _to_domain((await self._any.execute(statement, values)).one())
         else:
             (found,) = await self._fetch(self._any, _upsert_statement("postgresql"), values)
