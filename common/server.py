@@ -145,7 +145,7 @@ async def start_server(
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
     running = RunningServer(server, port, health_servicer, db, metrics=metrics)
-    running.extra_shutdown.append(errors.flush_access_log)  # the last calls' lines
+    running.extra_shutdown.append(errors.report_finished)  # the last calls' metrics and lines
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)

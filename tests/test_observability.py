@@ -19,6 +19,7 @@ from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.interceptors import REPORT_DELAY
 from common.logs import JsonFormatter
 from tests.conftest import Harness, start_harness, stop_harness
 from tests.support import Caller, expect_error
@@ -39,6 +40,12 @@ async def metered(backend: str, backend_urls: dict[str, str]) -> AsyncIterator[H
     )
     yield harness
     await stop_harness(harness)
+
+
+async def reported() -> None:
+    """Lets the in-process server report the calls finished so far (it does so in batches, on
+    this event loop, REPORT_DELAY after the first): the timer was set before the reply arrived."""
+    await asyncio.sleep(3 * REPORT_DELAY)
 
 
 async def scrape(h: Harness) -> Samples:
@@ -72,6 +79,7 @@ async def test_handled_counts_and_latency_by_method_and_code(metered: Harness) -
         stub.UpsertUserProgress(pb.UpsertUserProgressRequest(data=data)),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+    await reported()
     after = await scrape(metered)
 
     rpc = {"grpc_service": SERVICE, "grpc_method": "UpsertUserProgress", "grpc_type": "unary"}
@@ -102,6 +110,8 @@ async def test_in_flight_streams_and_pool_usage(metered: Harness) -> None:
             break
         await asyncio.sleep(0.02)
     assert value(samples, "grpc_server_in_flight_streams", **streaming) == 0
+    await reported()
+    samples = await scrape(metered)
     assert value(samples, "grpc_server_handled_total", **streaming, grpc_code="CANCELLED") >= 1
     sql = {"dialect": metered.db.dialect, "pool": "sql"}
     assert ("db_pool_checked_out_connections", frozenset(sql.items())) in samples
@@ -158,6 +168,9 @@ async def logged(buffer: io.StringIO, count: int) -> list[dict[str, object]]:
 async def test_one_json_line_per_rpc_without_the_token(
     progress: Harness, access_log: io.StringIO
 ) -> None:
+    await reported()  # earlier tests' lines, written before this test's
+    access_log.seek(0)
+    access_log.truncate()
     stub, caller = progress_pb2_grpc.UserProgressServiceStub(progress.channel), Caller()
     token = caller.token()
     md = (("authorization", f"Bearer {token}"), ("x-request-id", "req-42"))
