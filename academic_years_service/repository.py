@@ -13,7 +13,6 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Date,
-    Executable,
     Row,
     Select,
     Table,
@@ -52,10 +51,16 @@ from common.csvstream.staging import (
     drop_staging,
     random_uuid,
     row_timestamp,
-    stage_rows,
-    staging_table,
+    stage,
 )
-from common.db import UUID_TYPE, Connection, driver_statement, upsert_insert, utcnow
+from common.db import (
+    UUID_TYPE,
+    Connection,
+    driver_fetch,
+    driver_statement,
+    upsert_insert,
+    utcnow,
+)
 from common.errors import AlreadyExistsError, ValidationError
 from common.pagination import PageRequest
 from common.tenancy import get_organization_id_or_global
@@ -233,22 +238,27 @@ def tenant_scope(organization_id: Any) -> ColumnElement[bool]:
     return and_(*clauses)
 
 
-@lru_cache(maxsize=512)
-def _list_statements(
-    global_access: bool, shape: FilterShape, ordering: Ordering
-) -> tuple[Select[Any], Select[Any]]:
-    """(count, page) for one filter shape and order; binds `scope_org`, `limit`, `offset`."""
+def _listed(global_access: bool, shape: FilterShape) -> list[ColumnElement[bool]]:
+    """The tenant scope (binding `scope_org` unless global) and the filter's clauses."""
     scope = tenant_scope(None if global_access else bindparam("scope_org"))
-    clauses = filter_clauses(shape)
-    count = select(func.count()).select_from(t).where(scope, *clauses)
-    page = (
+    return [scope, *filter_clauses(shape)]
+
+
+@lru_cache(maxsize=256)
+def _count_statement(global_access: bool, shape: FilterShape) -> Select[Any]:
+    return select(func.count()).select_from(t).where(*_listed(global_access, shape))
+
+
+@lru_cache(maxsize=512)
+def _page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
+    """One page in `ordering`; binds `limit` and `offset` besides the filter's values."""
+    return (
         select(*_COLUMNS)
-        .where(scope, *clauses)
+        .where(*_listed(global_access, shape))
         .order_by(*order_by(ordering))
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
-    return count, page
 
 
 # Get serves every detail view: its statements are built once, with bind parameters, since
@@ -307,15 +317,6 @@ class AcademicYearsRepository:
         if self._organization_id is not None:
             params["scope_org"] = self._organization_id
         return shape, params
-
-    @staticmethod
-    async def _fetch(
-        driver: asyncpg.Connection, statement: Executable, params: dict[str, Any]
-    ) -> list[Any]:
-        """Rows of a statement built once, straight on the asyncpg connection."""
-        compiled = driver_statement(statement)
-        rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
-        return rows
 
     def _owner(self, requested: str | None) -> str:
         """The organization a new row belongs to: the token's, or any for global access."""
@@ -421,9 +422,9 @@ class AcademicYearsRepository:
         org_id, org_name = row[len(_COLUMNS) :]
         associations = []
         for table in (classes, timetables):
-            refs = driver_statement(_references_statement(table, year.organization_id is None))
+            refs = _references_statement(table, year.organization_id is None)
             params = {"year_id": year.id, "org": year.organization_id}
-            found = await driver.fetch(refs.sql, *refs.args(params))
+            found = await driver_fetch(driver, refs, params)
             associations.append([Reference(str(r[0]), r[1]) for r in found])
         return replace(
             year,
@@ -436,24 +437,22 @@ class AcademicYearsRepository:
         self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest
     ) -> tuple[list[AcademicYear], int]:
         shape, params = self._list_binds(f)
-        counting, paging = _list_statements(self._organization_id is None, shape, ordering)
+        count = await self._count(shape, params)
+        statement = _page_statement(self._organization_id is None, shape, ordering)
         paged = {**params, "limit": page.limit, "offset": page.offset}
         if not isinstance(self._any, AsyncConnection):
-            ((count,),) = await self._fetch(self._any, counting, params)
-            return [_from_record(r) for r in await self._fetch(self._any, paging, paged)], int(
-                count
-            )
-        count = await self._any.scalar(counting, params)
-        result = await self._any.execute(paging, paged)
-        return [_to_domain(row) for row in result], int(count or 0)
+            return [_from_record(r) for r in await driver_fetch(self._any, statement, paged)], count
+        return [_to_domain(row) for row in await self._any.execute(statement, paged)], count
 
     async def count(self, f: AcademicYearFilter) -> int:
-        shape, params = self._list_binds(f)
-        counting, _paging = _list_statements(self._organization_id is None, shape, Ordering())
+        return await self._count(*self._list_binds(f))
+
+    async def _count(self, shape: FilterShape, params: dict[str, Any]) -> int:
+        statement = _count_statement(self._organization_id is None, shape)
         if not isinstance(self._any, AsyncConnection):
-            ((count,),) = await self._fetch(self._any, counting, params)
+            ((count,),) = await driver_fetch(self._any, statement, params)
             return int(count)
-        return int(await self._any.scalar(counting, params) or 0)
+        return int(await self._any.scalar(statement, params) or 0)
 
     async def autocomplete(
         self, query: str, query_id: str | None, limit: int, offset: int
@@ -471,8 +470,9 @@ class AcademicYearsRepository:
 
     async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
         """A staging table holding every row of the upload, in `CSV_COLUMNS` order."""
-        staging = staging_table(
+        return await stage(
             self._conn,
+            batches,
             Column("id", Text),
             Column("name", Text),
             Column("start_date", Date),
@@ -480,8 +480,6 @@ class AcademicYearsRepository:
             Column("current", Boolean),
             Column("importHash", Text),
         )
-        await stage_rows(self._conn, staging, batches)
-        return staging
 
     async def repeated_ids(self, staging: Table, limit: int) -> tuple[list[tuple[int, int]], int]:
         """(line, first line) of rows repeating an earlier row's id: the first `limit`, and all."""

@@ -194,7 +194,6 @@ class Database:
     ) -> None:
         self.url = url
         self.pool_size = pool_size
-        self.pool_timeout = pool_timeout
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             path = url.split(":///", 1)[-1]
@@ -335,3 +334,12 @@ def driver_statement(statement: Executable) -> DriverStatement:
     names = tuple(compiled.positiontup or ())
     processors = compiled._bind_processors
     return DriverStatement(compiled.string, names, tuple(processors.get(n) for n in names))
+
+
+async def driver_fetch(
+    driver: asyncpg.Connection, statement: Executable, params: Mapping[str, Any]
+) -> list[Any]:
+    """The rows of `statement` (built once, with bind parameters) run on asyncpg."""
+    compiled = driver_statement(statement)
+    rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
+    return rows

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterable, Sequence
 from functools import cache
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -37,12 +36,12 @@ from common.csvstream.staging import (
     drop_staging,
     random_uuid,
     row_timestamp,
-    stage_rows,
-    staging_table,
+    stage,
 )
 from common.db import (
     UUID_TYPE,
     Connection,
+    driver_fetch,
     driver_statement,
     new_id,
     upsert_insert,
@@ -153,10 +152,11 @@ def _upsert_statement(dialect: str) -> Executable:
     values: dict[str, Any] = {
         name: bindparam(name, type_=t.c[name].type) for name in _UPSERT_VALUES
     }
+    insert: PgInsert | SqliteInsert = sqlite.insert(t)
     if dialect == "postgresql":
         values["id"] = func.gen_random_uuid()
-        return _on_conflict_update(postgresql.insert(t).values(values)).returning(*_COLUMNS)
-    return _on_conflict_update(sqlite.insert(t).values(values)).returning(*_COLUMNS)
+        insert = postgresql.insert(t)
+    return _on_conflict_update(insert.values(values)).returning(*_COLUMNS)
 
 
 def _on_conflict_update(insert: PgInsert | SqliteInsert) -> PgInsert | SqliteInsert:
@@ -197,13 +197,6 @@ class UserProgressRepository:
     def _scope(self) -> ColumnElement[bool]:
         return and_(*_owner_scope(self._user_id, self._organization_id))
 
-    async def _fetch(
-        self, driver: asyncpg.Connection, statement: Executable, params: dict[str, Any]
-    ) -> list[Any]:
-        compiled = driver_statement(statement)
-        rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
-        return rows
-
     def _binds(self, progress_type: str) -> dict[str, Any]:
         """Bind values for the caller's scope; the organization only when not global."""
         scope = {"b_user": self._user_id, "b_type": progress_type}
@@ -235,7 +228,7 @@ class UserProgressRepository:
             statement = _upsert_statement(dialect)
             record = _to_domain((await self._any.execute(statement, values)).one())
         else:
-            (found,) = await self._fetch(self._any, _upsert_statement("postgresql"), values)
+            (found,) = await driver_fetch(self._any, _upsert_statement("postgresql"), values)
             record = _from_record(found)
         return record, record.created_at == now
 
@@ -248,8 +241,8 @@ class UserProgressRepository:
             params["b_item"] = item_id
         paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
         if not isinstance(self._any, AsyncConnection):
-            ((count,),) = await self._fetch(self._any, _count_statement(*shape), params)
-            rows = await self._fetch(self._any, _page_statement(*shape), paged)
+            ((count,),) = await driver_fetch(self._any, _count_statement(*shape), params)
+            rows = await driver_fetch(self._any, _page_statement(*shape), paged)
             return [_from_record(r) for r in rows], int(count)
         count = await self._any.scalar(_count_statement(*shape), params)
         result = await self._any.execute(_page_statement(*shape), paged)
@@ -267,16 +260,15 @@ class UserProgressRepository:
 
     async def stage_import(self, batches: AsyncIterable[Sequence[tuple[Any, ...]]]) -> Table:
         """A staging table holding every row of the upload, in `CSV_COLUMNS` order."""
-        staging = staging_table(
+        return await stage(
             self._conn,
+            batches,
             Column("progress_type", Text),
             Column("item_id", Text),
             Column("value", Text),
             Column("score", Integer),
             Column("metadata", Text),
         )
-        await stage_rows(self._conn, staging, batches)
-        return staging
 
     async def apply_import(self, staging: Table) -> tuple[int, int]:
         """Upserts the last staged row of each (type, item) in one statement; (created, updated)."""

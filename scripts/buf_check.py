@@ -14,11 +14,10 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-import grpc_tools
 from grpc_tools import protoc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gen_protos import _googleapis_include
+from gen_protos import protoc_args
 
 ROOT = Path(__file__).resolve().parents[1]
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -26,18 +25,7 @@ IMAGE = ROOT / "gen" / "descriptor.binpb"
 
 
 def build_image(protos: Path, out: Path) -> None:
-    sources = sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto"))
-    wkt = Path(grpc_tools.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{protos}",
-        f"-I{_googleapis_include()}",
-        f"-I{wkt}",
-        f"--descriptor_set_out={out}",
-        "--include_imports",
-        "--include_source_info",
-        *sources,
-    ]
+    args = protoc_args(protos, f"--descriptor_set_out={out}")
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {protos}")
 

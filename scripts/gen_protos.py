@@ -22,26 +22,39 @@ def _googleapis_include() -> Path:
     return Path(next(iter(google.api.__path__))).parent.parent
 
 
+def proto_sources(protos: Path) -> list[str]:
+    return sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto"))
+
+
+def protoc_args(protos: Path, *outputs: str) -> list[str]:
+    """protoc's arguments for every proto under `protos`, with the googleapis and well-known
+    includes, writing `outputs` (`--python_out=…` and the like) and source info."""
+    wkt = Path(grpc_tools.__file__).parent / "_proto"
+    return [
+        "protoc",
+        f"-I{protos}",
+        f"-I{_googleapis_include()}",
+        f"-I{wkt}",
+        *outputs,
+        "--include_imports",
+        "--include_source_info",
+        *proto_sources(protos),
+    ]
+
+
 def main() -> int:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    sources = proto_sources(PROTOS)
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir()
-    wkt = Path(grpc_tools.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{PROTOS}",
-        f"-I{_googleapis_include()}",
-        f"-I{wkt}",
+    args = protoc_args(
+        PROTOS,
         f"--python_out={OUT}",
         f"--grpc_python_out={OUT}",
         f"--mypy_out={OUT}",
         f"--mypy_grpc_out={OUT}",
         f"--descriptor_set_out={OUT / 'descriptor.binpb'}",
-        "--include_imports",
-        "--include_source_info",
-        *sources,
-    ]
+    )
     # protoc finds the mypy plugins on PATH; they live beside this interpreter.
     bindir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")

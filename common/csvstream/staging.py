@@ -26,12 +26,17 @@ from common.db import UtcDateTime
 SORT_MEMORY = "128MB"  # for this transaction only
 
 
-def staging_table(conn: AsyncConnection, *columns: Column[Any]) -> Table:
-    """`row_index` and `line`, then `columns`: the shape of `CsvReader.rows()` tuples.
-    The name is unique per import; PostgreSQL drops it at commit, `drop_staging` elsewhere."""
-    name = f"csv_stage_{uuid.uuid4().hex[:12]}"
-    return Table(
-        name,
+async def stage(
+    conn: AsyncConnection,
+    batches: AsyncIterable[Sequence[tuple[Any, ...]]],
+    *columns: Column[Any],
+) -> Table:
+    """A temporary table of `row_index`, `line`, then `columns` (the shape of
+    `CsvReader.rows()` tuples), created and filled from `batches` inside the caller's
+    transaction. Its name is unique per import; PostgreSQL drops it at commit, `drop_staging`
+    elsewhere."""
+    table = Table(
+        f"csv_stage_{uuid.uuid4().hex[:12]}",
         MetaData(),
         Column("row_index", BigInteger, nullable=False),
         Column("line", BigInteger, nullable=False),
@@ -39,22 +44,17 @@ def staging_table(conn: AsyncConnection, *columns: Column[Any]) -> Table:
         prefixes=["TEMPORARY"],
         postgresql_on_commit="DROP",
     )
-
-
-async def stage_rows(
-    conn: AsyncConnection, table: Table, batches: AsyncIterable[Sequence[tuple[Any, ...]]]
-) -> None:
-    """Create `table` and fill it from `batches` inside the caller's transaction."""
     await conn.run_sync(table.create)
     if conn.dialect.name == "postgresql":
         # Services read staged rows back in file order: let that sort stay in memory.
         await conn.exec_driver_sql(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
         await copy_in(conn, table.name, [c.name for c in table.columns], batches)
-        return
+        return table
     marks = ", ".join("?" for _ in table.columns)
     sql = f"INSERT INTO temp.{table.name} VALUES ({marks})"  # noqa: S608  # our own name
     async for batch in batches:
         await _uninterrupted(conn.exec_driver_sql(sql, list(batch)))
+    return table
 
 
 async def _uninterrupted(statement: Awaitable[Any]) -> None:
