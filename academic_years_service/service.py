@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any
 
 from academic_years_service import parsing
+from academic_years_service.csv import (
+    CSV_COLUMNS,
+    EXPORT_HEADER,
+    STAGING,
+    AcademicYearsCsvRepository,
+)
 from academic_years_service.domain import (
     CREATE,
     DELETE,
@@ -23,50 +28,19 @@ from academic_years_service.domain import (
     Page,
     Suggestion,
 )
-from academic_years_service.repository import SORT_COLUMNS, AcademicYearsRepository
+from academic_years_service.repository import AcademicYearsRepository
+from academic_years_service.statements import SORT_COLUMNS
 from common.auth import Principal
-from common.csvstream import (
-    CellError,
-    CsvColumn,
-    CsvLimits,
-    CsvReader,
-    boolean,
-    date,
-    stream_csv,
-    uuid_text,
-)
+from common.csvstream import CsvLimits, CsvReader
+from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
-from common.tenancy import assert_authenticated_tenant_user, require_permission
+from common.tenancy import TenantScope, require_permission, tenant_scope
 from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
-MAX_IMPORT_HASH_LENGTH = 255  # the column's width
 REPORTED_LINES = 20
-
-
-def _import_hash(value: str) -> str:
-    if len(value) > MAX_IMPORT_HASH_LENGTH:
-        raise CellError(f"must be at most {MAX_IMPORT_HASH_LENGTH} characters")
-    return value
-
-
-def _csv_name(value: str) -> str:
-    if len(value) > MAX_NAME_LENGTH:
-        raise CellError(f"must be at most {MAX_NAME_LENGTH} characters")
-    return value
-
-
-CSV_COLUMNS = (
-    CsvColumn("id", uuid_text),
-    CsvColumn("name", _csv_name),
-    CsvColumn("start_date", date),
-    CsvColumn("end_date", date),
-    CsvColumn("current", boolean),
-    CsvColumn("importHash", _import_hash),
-)
-EXPORT_HEADER = ("id", "name", "start_date", "end_date")
 
 
 def not_found() -> NotFoundError:
@@ -78,9 +52,11 @@ def not_found() -> NotFoundError:
     )
 
 
-def authorize(principal: Principal, permission: str) -> None:
-    assert_authenticated_tenant_user(principal)
+def authorize(principal: Principal, permission: str) -> TenantScope:
+    """The caller's scope, once it holds `permission`."""
+    scope = tenant_scope(principal)
     require_permission(principal, permission)
+    return scope
 
 
 def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYearValues:
@@ -142,15 +118,15 @@ def _id(value: str, field: str) -> str:
     return clean
 
 
-async def check_ids(repository: AcademicYearsRepository, staging: Any) -> None:
+async def check_ids(repository: AcademicYearsCsvRepository) -> None:
     """Ids given in the file must be unique in it and new to the table."""
-    repeats, total = await repository.repeated_ids(staging, REPORTED_LINES)
+    repeats, total = await repository.repeated_ids(REPORTED_LINES)
     if total:
         raise ValidationError(
             [FieldViolation(f"line {a}: id", f"repeats the id of line {b}") for a, b in repeats],
             total=total,
         )
-    taken = await repository.taken_ids(staging, REPORTED_LINES)
+    taken = await repository.taken_ids(REPORTED_LINES)
     if taken:
         raise AlreadyExistsError(
             f"line {taken[0]}: an academic year with this id exists already",
@@ -165,54 +141,56 @@ class AcademicYearsService:
         self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
-        authorize(principal, CREATE)
+        scope = authorize(principal, CREATE)
         values = validate_input(data)
-        async with self._db.transaction(write=True, principal=principal) as conn:
-            return await AcademicYearsRepository(conn, principal).create(
-                values.id or new_id(), values
-            )
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            year = await uow.repo.create(values.id or new_id(), values)
+            await uow.commit()
+        return year
 
     async def update(
         self, principal: Principal, year_id: str, data: AcademicYearInput
     ) -> AcademicYear:
-        authorize(principal, UPDATE)
+        scope = authorize(principal, UPDATE)
         year_id = _id(year_id, "id")
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
-        async with self._db.transaction(write=True, principal=principal) as conn:
-            year = await AcademicYearsRepository(conn, principal).update(year_id, values)
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            year = await uow.repo.update(year_id, values)
+            await uow.commit()
         if year is None:
             raise not_found()
         return year
 
     async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
-        authorize(principal, DELETE)
+        scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
-        async with self._db.transaction(write=True, principal=principal) as conn:
-            year = await AcademicYearsRepository(conn, principal).soft_delete(year_id)
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            year = await uow.repo.soft_delete(year_id)
+            await uow.commit()
         if year is None:
             raise not_found()
         return year
 
     async def delete_many(self, principal: Principal, year_ids: Sequence[str]) -> int:
-        authorize(principal, DELETE)
+        scope = authorize(principal, DELETE)
         if len(year_ids) > MAX_BATCH_IDS:
             raise ValidationError.field("ids", f"at most {MAX_BATCH_IDS} ids per call")
         violations: list[FieldViolation] = []
         clean = {parsing.uuid(v, f"ids[{i}]", violations) for i, v in enumerate(year_ids)}
         if violations:
             raise ValidationError(violations)
-        async with self._db.transaction(write=True, principal=principal) as conn:
-            return await AcademicYearsRepository(conn, principal).soft_delete_many(
-                sorted(i for i in clean if i is not None)
-            )
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            deleted = await uow.repo.soft_delete_many(sorted(i for i in clean if i is not None))
+            await uow.commit()
+        return deleted
 
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
-        authorize(principal, READ)
+        scope = authorize(principal, READ)
         year_id = _id(year_id, "id")
-        async with self._db.driver_transaction(principal=principal) as conn:
-            year = await AcademicYearsRepository(conn, principal).get(year_id)
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            year = await uow.repo.get(year_id)
         if year is None:
             raise not_found()
         return year
@@ -220,23 +198,23 @@ class AcademicYearsService:
     async def list_page(
         self, principal: Principal, request: FilterRequest, limit: int, page: int
     ) -> Page:
-        authorize(principal, READ)
+        scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
         paging = resolve_pagination(limit, page)
-        async with self._db.driver_transaction(principal=principal) as conn:
-            rows, count = await AcademicYearsRepository(conn, principal).page(f, ordering, paging)
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            rows, count = await uow.repo.page(f, ordering, paging)
         return Page(rows, count)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
-        authorize(principal, READ)
+        scope = authorize(principal, READ)
         f, _ordering = parse_filter(request)
-        async with self._db.driver_transaction(principal=principal) as conn:
-            return await AcademicYearsRepository(conn, principal).count(f)
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            return await uow.repo.count(f)
 
     async def autocomplete(
         self, principal: Principal, query: str, limit: int, offset: int
     ) -> list[Suggestion]:
-        authorize(principal, READ)
+        scope = authorize(principal, READ)
         violations: list[FieldViolation] = []
         if limit < 0:
             violations.append(FieldViolation("limit", "must not be negative"))
@@ -247,38 +225,43 @@ class AcademicYearsService:
             raise ValidationError(violations)
         query = query.strip()
         query_id = parsing.uuid(query, "query", []) if query else None
-        async with self._db.transaction(principal=principal) as conn:
-            return await AcademicYearsRepository(conn, principal).autocomplete(
+        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+            return await uow.repo.autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
 
     async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
         """One year per row in the caller's organization, in file order; nothing is written
         unless every row is valid."""
-        authorize(principal, CREATE)
-        if principal.organization_id is None:
-            raise ValidationError.field("organization_id", "an import needs an organization")
+        scope = authorize(principal, CREATE)
+        scope.writable_organization()
         reader = CsvReader(
             chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
         )
-        async with self._db.transaction(write=True, principal=principal) as conn:
-            repository = AcademicYearsRepository(conn, principal)
-            staging = await repository.stage_import(reader.rows())
-            reader.raise_if_invalid()
+
+        async def apply(repository: AcademicYearsCsvRepository) -> int:
             if reader.present("id"):
-                await check_ids(repository, staging)
-            created = await repository.apply_import(staging)
+                await check_ids(repository)
+            return await repository.apply_import()
+
+        created = await import_csv(
+            self._db, scope, AcademicYearsCsvRepository, reader, STAGING, apply
+        )
         return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
     async def export_csv(
         self, principal: Principal, request: FilterRequest
     ) -> AsyncIterator[bytes]:
         """Every matching year (List's filters and order, no paging) as CSV chunks."""
-        authorize(principal, READ)
+        scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
-        async with self._db.transaction(principal=principal) as conn:
-            statement = AcademicYearsRepository(conn, principal).export_statement(f, ordering)
-            label = "academic_years export"
-            async with stream_csv(conn, statement, EXPORT_HEADER, label=label) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+        chunks = export_csv(
+            self._db,
+            scope,
+            AcademicYearsCsvRepository,
+            lambda r: r.export(f, ordering),
+            EXPORT_HEADER,
+            label="academic_years export",
+        )
+        async for chunk in chunks:
+            yield chunk

@@ -61,7 +61,6 @@ Index(
     academic_years.c.createdAt.desc(),
     academic_years.c.id.desc(),
     postgresql_where=LIVE,
-    sqlite_where=LIVE,
 )
 # Autocomplete and name ordering within one organization.
 Index(
@@ -69,7 +68,6 @@ Index(
     academic_years.c.organizationId,
     academic_years.c.name,
     postgresql_where=LIVE,
-    sqlite_where=LIVE,
 )
 # Get's association queries.
 Index("classes_academic_year_id", classes.c.academic_yearId)

@@ -7,8 +7,10 @@ import asyncio
 import logging
 import os
 import sys
+from dataclasses import replace
 
-from common.config import ConfigError, default_sqlite_url, load_settings
+from common.config import ConfigError, load_settings
+from common.db import embedded
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
 from common.server import ServiceDefinition, run_loop, serve
@@ -20,7 +22,9 @@ def _parser(definition: ServiceDefinition) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {definition.name}_service")
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     parser.add_argument("--addr", help="listen address (overrides GRPC_ADDR)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (overrides DATABASE_URL)")
+    parser.add_argument(
+        "--database-url", help="PostgreSQL URL (overrides DATABASE_URL; unset = embedded)"
+    )
     return parser
 
 
@@ -31,10 +35,15 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["GRPC_ADDR"] = args.addr
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
-    url = env.get("DATABASE_URL") or default_sqlite_url(definition.name)
+    named = env.get("DATABASE_URL") or None
     if args.command == "migrate":
         setup_logging(env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json"))
-        upgrade(url, definition.migrations_dir, definition.version_table)
+        try:
+            url = named or embedded.ensure()
+            upgrade(url, definition.migrations_dir, definition.version_table)
+        except Exception as exc:
+            print(f"{definition.name}: cannot migrate: {_reason(exc)}", file=sys.stderr)
+            return 3
         print(f"{definition.name}: database is at the newest revision")
         return 0
     try:
@@ -43,19 +52,24 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format)
-    if settings.is_sqlite:
-        # The embedded default migrates itself; PostgreSQL is migrated by an explicit step.
-        upgrade(settings.database_url, definition.migrations_dir, definition.version_table)
+    if named is None:
+        # The embedded default is started here and migrates itself; a named server is
+        # migrated by an explicit step.
+        url = embedded.ensure()
+        upgrade(url, definition.migrations_dir, definition.version_table)
+        settings = replace(settings, database_url=url)
+        env["DATABASE_URL"] = url  # for the workers, when there are several
     else:
         try:
             head = asyncio.run(
-                pending_revision(
-                    settings.database_url, definition.migrations_dir, definition.version_table
-                )
+                pending_revision(named, definition.migrations_dir, definition.version_table)
             )
         except Exception as exc:
-            log.error("cannot read the schema version: %s", exc)
-            head = None
+            print(
+                f"{definition.name}: cannot read the schema version: {_reason(exc)}",
+                file=sys.stderr,
+            )
+            return 3
         if head is not None:
             print(
                 f"{definition.name}: the database is not migrated to {head}; run "
@@ -73,3 +87,9 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         log.error("failed to serve: %s", exc)
         return 1
     return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an operator: what the database said, not a traceback."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {cause}".splitlines()[0]

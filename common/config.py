@@ -46,7 +46,8 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     service: str
-    database_url: str
+    # None: the embedded PostgreSQL under var/ (common.db.embedded), started on demand.
+    database_url: str | None
     grpc_addr: str
     jwt: JwtSettings
     workers: int = 1
@@ -57,17 +58,8 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
-    db_max_overflow: int = 0  # overflow connections are closed on return: churn under load
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-
-def default_sqlite_url(service: str) -> str:
-    return f"sqlite+aiosqlite:///{LOCAL_DATA_DIR / f'{service}.sqlite3'}"
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -151,16 +143,20 @@ def load_settings(
         workers = int(env.get("WORKERS", "1"))
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
         pool_size = int(env.get("DB_POOL_SIZE", "10"))
-        max_overflow = int(env.get("DB_MAX_OVERFLOW", "0"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
     if workers < 1:
         raise ConfigError("WORKERS must be at least 1")
-    if pool_size < 1 or max_overflow < 0:
-        raise ConfigError("DB_POOL_SIZE must be at least 1 and DB_MAX_OVERFLOW at least 0")
+    if pool_size < 1:
+        raise ConfigError("DB_POOL_SIZE must be at least 1")
+    database_url = _opt(env, "DATABASE_URL")
+    if database_url is not None:
+        from common.db.engine import asyncpg_dsn
+
+        asyncpg_dsn(database_url)  # refuses what is not a PostgreSQL URL, naming it
     return Settings(
         service=service,
-        database_url=_opt(env, "DATABASE_URL") or default_sqlite_url(service),
+        database_url=database_url,
         grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
         jwt=load_jwt_settings(env),
         workers=workers,
@@ -169,6 +165,5 @@ def load_settings(
         tls=_tls(env),
         grace_seconds=grace,
         db_pool_size=pool_size,
-        db_max_overflow=max_overflow,
         uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )

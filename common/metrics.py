@@ -36,41 +36,19 @@ def split_method(method: str) -> tuple[str, str]:
 
 
 class _PoolCollector(Collector):
-    """Reads the connection pools at scrape time, so the numbers are never stale.
-
-    `pool` is `sql` for SQLAlchemy's pool and `driver` for asyncpg's (PostgreSQL hot paths;
-    reported once it has been opened)."""
+    """Reads the process's one connection pool at scrape time, so the numbers are never stale."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def _readings(self) -> list[tuple[str, float, float, float]]:
-        """(pool, checked out, idle, size) for each open pool."""
-        sql: Any = self._db.engine.pool
-        readings = []
-        if all(callable(getattr(sql, n, None)) for n in ("checkedout", "checkedin", "size")):
-            readings.append(("sql", sql.checkedout(), sql.checkedin(), sql.size()))
-        driver = self._db.driver_pool
-        if driver is not None:
-            idle = driver.get_idle_size()
-            readings.append(("driver", driver.get_size() - idle, idle, driver.get_max_size()))
-        return readings
-
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        families = [
-            GaugeMetricFamily(name, doc, labels=["dialect", "pool"])
-            for name, doc in (
-                ("db_pool_checked_out_connections", "Connections in use by RPCs"),
-                ("db_pool_idle_connections", "Open connections waiting in the pool"),
-                ("db_pool_size", "Configured pool size"),
-            )
-        ]
-        readings = self._readings()
-        for pool, *values in readings:
-            for family, reading in zip(families, values, strict=True):
-                family.add_metric([self._db.dialect, pool], float(reading))
-        if readings:
-            yield from families
+        stats = self._db.pool_stats()
+        for name, key, doc in (
+            ("db_pool_checked_out_connections", "checked_out", "Connections in use by RPCs"),
+            ("db_pool_idle_connections", "idle", "Open connections waiting in the pool"),
+            ("db_pool_size", "size", "Most connections the pool opens"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=float(stats[key]))
 
 
 class ServerMetrics:

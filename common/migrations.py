@@ -15,11 +15,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from common.db.engine import sqlalchemy_url
+
 
 def alembic_config(database_url: str, migrations_dir: Path, version_table: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
-    config.attributes["database_url"] = database_url
+    config.attributes["database_url"] = sqlalchemy_url(database_url) if database_url else ""
     config.attributes["version_table"] = version_table
     return config
 
@@ -41,7 +43,7 @@ async def pending_revision(
         ctx = MigrationContext.configure(connection, opts={"version_table": version_table})
         return ctx.get_current_revision()
 
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    engine = create_async_engine(sqlalchemy_url(database_url), poolclass=NullPool)
     try:
         async with engine.connect() as conn:
             revision = await conn.run_sync(current)
@@ -61,7 +63,6 @@ def run_env(target_metadata: MetaData | None = None) -> None:
             connection=connection,
             target_metadata=target_metadata,
             version_table=version_table,
-            render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -25,7 +25,6 @@ from common.errors import UnavailableError
 from common.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
-    FinishOnCancelInterceptor,
     RpcObserver,
     ServedByInterceptor,
 )
@@ -83,11 +82,9 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def database(settings: Settings) -> Database:
-    return Database(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-    )
+    if settings.database_url is None:
+        raise ValueError("no database URL: the command line starts the embedded one first")
+    return Database(settings.database_url, pool_size=settings.db_pool_size)
 
 
 async def start_server(
@@ -117,8 +114,6 @@ async def start_server(
         errors,
         AuthInterceptor(TokenVerifier(settings.jwt)),
     ]
-    if db.dialect == "sqlite":
-        interceptors.append(FinishOnCancelInterceptor())
     if metrics:
         interceptors.insert(0, metrics.interceptor())
     if settings.workers > 1:
@@ -159,7 +154,7 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
         try:
             await db.ping()
             return
-        except Exception as exc:
+        except UnavailableError as exc:  # anything else (no such database, bad password) is final
             reason = str(exc.__cause__ or exc)
             if attempt == attempts:
                 # The cause, not just "unavailable": this is the line an operator reads last.
@@ -185,7 +180,7 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> None:
             "addr": settings.grpc_addr,
             "port": running.port,
             "tls": settings.tls is not None,
-            "database": db.dialect,
+            **db.describe(),
             "metrics_port": running.metrics_port,
         },
     )

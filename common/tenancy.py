@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from common.auth import Principal
 from common.errors import PermissionDeniedError
 
@@ -48,3 +50,36 @@ def require_permission(principal: Principal, permission: str) -> None:
             reason="MISSING_PERMISSION",
             metadata={"permission": permission},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """The rows a caller may reach, decided once per call from its principal: every statement
+    a repository runs starts from it (see `common.repository`)."""
+
+    principal: Principal
+    # None for a global-access caller: every organization is readable.
+    organization_id: str | None
+
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id
+
+    @property
+    def global_access(self) -> bool:
+        return self.organization_id is None
+
+    @property
+    def campus_id(self) -> str | None:
+        return self.principal.campus_id
+
+    def writable_organization(self) -> str:
+        """The organization a new row belongs to (the caller's own); PERMISSION_DENIED for a
+        caller without one, in both services alike."""
+        return require_organization_id(self.principal)
+
+
+def tenant_scope(principal: Principal) -> TenantScope:
+    """The caller's scope; PERMISSION_DENIED for a caller bound to no organization and
+    without global access (`assertAuthenticatedTenantUser`)."""
+    return TenantScope(principal, get_organization_id_or_global(principal))

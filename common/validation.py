@@ -14,10 +14,9 @@ NUL_MESSAGE = "must not contain NUL characters"
 def text_violations(
     value: str | None, field: str, max_length: int | None = None
 ) -> list[FieldViolation]:
-    """PostgreSQL text cannot hold NUL; it is refused on every backend so behaviour is the same.
+    """PostgreSQL text cannot hold NUL: it is refused as a field violation, not a database error.
 
-    `max_length` (characters) keeps indexed text under PostgreSQL's b-tree entry limit and
-    patterns under SQLite's LIKE limit.
+    `max_length` (characters) keeps indexed text under PostgreSQL's b-tree entry limit.
     """
     if value is None:
         return []

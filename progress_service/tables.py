@@ -44,7 +44,6 @@ Index(
     user_progress.c.item_id,
     unique=True,
     postgresql_where=LIVE,
-    sqlite_where=LIVE,
 )
 # Serves the list: a user's rows of one type, newest first.
 Index(
@@ -54,5 +53,4 @@ Index(
     user_progress.c.createdAt.desc(),
     user_progress.c.id.desc(),
     postgresql_where=LIVE,
-    sqlite_where=LIVE,
 )

@@ -1,4 +1,7 @@
-"""`make run`: serve every service on the embedded SQLite default with a local dev secret."""
+"""`make run`: serve every service on the embedded PostgreSQL default with a local dev secret.
+
+With DATABASE_URL unset it starts the embedded server under var/postgres first and holds it
+while the services run (they reuse it); it stops when the last of them has exited."""
 
 from __future__ import annotations
 
@@ -32,6 +35,15 @@ def dev_secret() -> tuple[str, bool]:
 def main() -> int:
     secret, generated = dev_secret()
     env = {**os.environ, "JWT_SECRET": secret}
+    if not env.get("DATABASE_URL"):
+        from common.db import embedded
+
+        started = time.monotonic()
+        embedded.ensure()
+        print(
+            f"Embedded PostgreSQL in {embedded.DATA_DIR.relative_to(ROOT)} "
+            f"(ready in {time.monotonic() - started:.1f} s)"
+        )
     present = [s for s in SERVICES if (ROOT / s[0]).is_dir()]
     procs = [
         subprocess.Popen(  # noqa: S603 - our own interpreter and modules

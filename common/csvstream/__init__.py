@@ -8,7 +8,6 @@ from common.csvstream.settings import CsvLimits
 from common.csvstream.writer import (
     CHUNK_BYTES,
     CONTENT_TYPE,
-    encode_rows,
     escape_formula,
     formula_safe,
     header_line,
@@ -26,7 +25,6 @@ __all__ = [
     "boolean",
     "csv_bodies",
     "date",
-    "encode_rows",
     "escape_formula",
     "formula_safe",
     "header_line",

@@ -7,10 +7,7 @@ import io
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, String, case, literal
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy import ColumnElement, String, case, func, literal, literal_column
 
 from common.csvstream.progress import RateLog
 
@@ -24,62 +21,22 @@ def escape_formula(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
 
 
-class first_code_point(FunctionElement[int]):  # named like the SQL functions it stands for
-    """The code point of a text's first character: integers compare without collation rules."""
-
-    type = Integer()
-    inherit_cache = True
-
-
-@compiles(first_code_point, "postgresql")
-def _ascii(element: first_code_point, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"ascii({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(first_code_point)
-def _unicode(element: first_code_point, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"unicode({compiler.process(element.clauses, **kw)})"
-
-
 def formula_safe(column: ColumnElement[Any]) -> ColumnElement[str]:
-    """The same rule in SQL, so text leaves the database already escaped."""
-    triggers = [ord(c) for c in FORMULA_TRIGGERS]
+    """The same rule in SQL, so text leaves the database already escaped. It compares the
+    first character's code point (`ascii()`), which no collation rule can bend; the code
+    points are written into the statement, which is compiled once."""
+    triggers: list[ColumnElement[Any]] = [literal_column(str(ord(c))) for c in FORMULA_TRIGGERS]
     return case(
-        (first_code_point(column).in_(triggers), literal("'", String) + column),
+        (func.ascii(column).in_(triggers), literal("'", String) + column),
         else_=column,
     )
 
 
-def header_line(header: Sequence[str], terminator: str = "\r\n") -> bytes:
+def header_line(header: Sequence[str], terminator: str = "\n") -> bytes:
+    """The header row, ending like the records COPY writes (LF)."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator=terminator).writerow(header)
     return buffer.getvalue().encode()
-
-
-async def encode_rows(
-    header: Sequence[str],
-    batches: AsyncIterable[Sequence[Sequence[Any]]],
-    *,
-    label: str,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> AsyncIterator[bytes]:
-    """CSV text of `batches` (cells already escaped; None written empty) in chunks.
-    Records end with CRLF, which also makes the writer quote any field holding a CR."""
-    rate, rows = RateLog(label, "export"), 0
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(header)
-    async for batch in batches:
-        writer.writerows(batch)
-        rows += len(batch)
-        rate.tick(rows)
-        if buffer.tell() >= chunk_bytes:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    if buffer.tell():
-        yield buffer.getvalue().encode()
-    rate.done(rows)
 
 
 async def rechunk(

@@ -73,7 +73,6 @@ def upgrade() -> None:
         "academic_years",
         ["organizationId", sa.text('"createdAt" DESC'), sa.text("id DESC")],
         postgresql_where=LIVE,
-        sqlite_where=LIVE,
         if_not_exists=True,
     )
     op.create_index(
@@ -81,7 +80,6 @@ def upgrade() -> None:
         "academic_years",
         ["organizationId", "name"],
         postgresql_where=LIVE,
-        sqlite_where=LIVE,
         if_not_exists=True,
     )
     _create_reference_tables()

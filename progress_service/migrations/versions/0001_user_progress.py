@@ -49,7 +49,6 @@ def upgrade() -> None:
         ["organizationId", "userId", "progress_type", "item_id"],
         unique=True,
         postgresql_where=LIVE,
-        sqlite_where=LIVE,
         if_not_exists=True,
     )
     op.create_index(
@@ -57,7 +56,6 @@ def upgrade() -> None:
         "user_progress",
         ["userId", "progress_type", sa.text('"createdAt" DESC'), sa.text("id DESC")],
         postgresql_where=LIVE,
-        sqlite_where=LIVE,
         if_not_exists=True,
     )
 

@@ -1,0 +1,229 @@
+"""The statements of `academic_years`, each built once per shape and reused with bind values.
+
+List, Count and Export are built once per filter shape (which filters are given, which bounds
+each range has, how many organizations) and order; Get once per scope. Building and compiling
+them per call cost more CPU than running them.
+"""
+
+from __future__ import annotations
+
+from functools import cache, lru_cache
+from typing import Any, TypeAlias
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+)
+
+from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
+from academic_years_service.tables import academic_years as t
+from academic_years_service.tables import organizations
+from common.csvstream import formula_safe
+from common.db import UUID_TYPE
+from common.repository import readable
+
+COLUMNS = (
+    t.c.id,
+    t.c.name,
+    t.c.start_date,
+    t.c.end_date,
+    t.c.current,
+    t.c.organizationId,
+    t.c.createdById,
+    t.c.updatedById,
+    t.c.createdAt,
+    t.c.updatedAt,
+    t.c.deletedAt,
+)
+# API field names a caller may order by, and the columns they stand for.
+SORT_COLUMNS = {
+    "id": t.c.id,
+    "name": t.c.name,
+    "start_date": t.c.start_date,
+    "end_date": t.c.end_date,
+    "current": t.c.current,
+    "createdAt": t.c.createdAt,
+    "updatedAt": t.c.updatedAt,
+}
+_NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
+
+
+def escape_like(text: str) -> str:
+    """`text` as a LIKE pattern that matches itself literally (escape character `\\`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+BoundsShape: TypeAlias = tuple[bool, bool, bool] | None  # (lower, upper, upper exclusive)
+FilterShape: TypeAlias = tuple[
+    bool, bool, BoundsShape, BoundsShape, BoundsShape, BoundsShape, bool, int | None
+]
+
+
+def _bounds(prefix: str, bounds: Bounds[Any] | None, params: dict[str, Any]) -> BoundsShape:
+    if bounds is None:
+        return None
+    if bounds.lower is not None:
+        params[f"{prefix}_lower"] = bounds.lower
+    if bounds.upper is not None:
+        params[f"{prefix}_upper"] = bounds.upper
+    return bounds.lower is not None, bounds.upper is not None, bounds.upper_exclusive
+
+
+def filter_binds(f: AcademicYearFilter) -> tuple[FilterShape, dict[str, Any]]:
+    """The filter's shape (`filter_clauses` builds one statement per shape) and the values of
+    its bind parameters."""
+    params: dict[str, Any] = {}
+    if f.id is not None:
+        params["f_id"] = f.id
+    if f.name is not None:
+        params["f_name"] = f"%{escape_like(f.name)}%"
+    if f.current is not None:
+        params["f_current"] = f.current
+    for i, organization in enumerate(f.organizations or ()):
+        params[f"f_org_{i}"] = organization
+    shape: FilterShape = (
+        f.id is not None,
+        f.name is not None,
+        _bounds("f_calendar", f.calendar, params),
+        _bounds("f_start", f.start_date, params),
+        _bounds("f_end", f.end_date, params),
+        _bounds("f_created", f.created_at, params),
+        f.current is not None,
+        None if f.organizations is None else len(f.organizations),
+    )
+    return shape, params
+
+
+def within(column: Any, prefix: str, shape: BoundsShape) -> list[ColumnElement[bool]]:
+    """`column` inside the bounds bound as `<prefix>_lower` and `<prefix>_upper`."""
+    clauses: list[ColumnElement[bool]] = []
+    if shape is None:
+        return clauses
+    lower, upper, upper_exclusive = shape
+    if lower:
+        clauses.append(column >= bindparam(f"{prefix}_lower"))
+    if upper:
+        bound: Any = bindparam(f"{prefix}_upper")
+        clauses.append(column < bound if upper_exclusive else column <= bound)
+    return clauses
+
+
+def filter_clauses(shape: FilterShape) -> list[ColumnElement[bool]]:
+    """The filter as WHERE clauses, all ANDed, taking the bind values of `filter_binds`;
+    `active` has no column and is not among them."""
+    has_id, has_name, calendar, start, end, created, has_current, organizations = shape
+    clauses: list[ColumnElement[bool]] = []
+    if has_id:
+        clauses.append(t.c.id == bindparam("f_id"))
+    if has_name:
+        clauses.append(t.c.name.ilike(bindparam("f_name"), escape="\\"))
+    if calendar is not None:
+        clauses.append(
+            or_(
+                and_(*within(t.c.start_date, "f_calendar", calendar)),
+                and_(*within(t.c.end_date, "f_calendar", calendar)),
+            )
+        )
+    clauses += within(t.c.start_date, "f_start", start)
+    clauses += within(t.c.end_date, "f_end", end)
+    clauses += within(t.c.createdAt, "f_created", created)
+    if has_current:
+        clauses.append(t.c.current == bindparam("f_current"))
+    if organizations == 0:
+        clauses.append(false())  # an empty list matches nothing
+    elif organizations is not None:
+        # Typed: a bind parameter inside IN (…) does not take the column's type by itself.
+        orgs = [bindparam(f"f_org_{i}", type_=UUID_TYPE) for i in range(organizations)]
+        clauses.append(t.c.organizationId.in_(orgs))
+    return clauses
+
+
+def order_by(ordering: Ordering) -> list[Any]:
+    """The requested order plus `id` in the same direction, so pages never overlap."""
+    column = SORT_COLUMNS[ordering.field]
+    key = column.desc() if ordering.descending else column.asc()
+    if ordering.field in _NULLABLE_SORT:
+        key = key.nulls_last()  # NULL after every value, whichever the direction
+    if ordering.field == "id":
+        return [key]
+    return [key, t.c.id.desc() if ordering.descending else t.c.id.asc()]
+
+
+def _listed(global_access: bool, shape: FilterShape) -> list[ColumnElement[bool]]:
+    """The tenant scope (binding `scope_org` unless global) and the filter's clauses."""
+    return [readable(t, global_access), *filter_clauses(shape)]
+
+
+@lru_cache(maxsize=256)
+def count_statement(global_access: bool, shape: FilterShape) -> Select[Any]:
+    return select(func.count()).select_from(t).where(*_listed(global_access, shape))
+
+
+@lru_cache(maxsize=512)
+def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
+    """One page in `ordering`; binds `limit` and `offset` besides the filter's values."""
+    return (
+        select(*COLUMNS)
+        .where(*_listed(global_access, shape))
+        .order_by(*order_by(ordering))
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+
+
+@cache
+def get_statement(global_access: bool) -> Select[Any]:
+    """A year with its organization's id and name, in one joined query."""
+    o = organizations
+    scope = readable(t, global_access)
+    return (
+        select(*COLUMNS, o.c.id, o.c.name)
+        .select_from(t)
+        .outerjoin(o, o.c.id == t.c.organizationId)
+        .where(scope, t.c.id == bindparam("year_id"))
+    )
+
+
+@cache
+def references_statement(table: Table, without_org: bool) -> Select[Any]:
+    """Live rows of `table` for a year, in the year's organization, by name."""
+    org = table.c.organizationId
+    same_org = org.is_(None) if without_org else org == bindparam("org")
+    return (
+        select(table.c.id, table.c.name)
+        .where(
+            table.c.academic_yearId == bindparam("year_id"), same_org, table.c.deletedAt.is_(None)
+        )
+        .order_by(table.c.name.asc().nulls_last(), table.c.id)
+    )
+
+
+@lru_cache(maxsize=512)
+def export_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
+    """Every row List would return for the filter, as CSV cells (text escaped), no paging."""
+    columns = (t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date)
+    return select(*columns).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
+
+
+@cache
+def autocomplete_statement(global_access: bool, with_query: bool, with_id: bool) -> Select[Any]:
+    """Ids and names of the scope's years, matching a name substring (`q_name`) or an exact id
+    (`q_id`) when a query is given, by name; binds `limit` and `offset`."""
+    statement = select(t.c.id, t.c.name).where(readable(t, global_access))
+    if with_query:
+        matches: list[ColumnElement[bool]] = [t.c.name.ilike(bindparam("q_name"), escape="\\")]
+        if with_id:
+            matches.append(t.c.id == bindparam("q_id", type_=UUID_TYPE))
+        statement = statement.where(or_(*matches))
+    return (
+        statement.order_by(t.c.name.asc().nulls_last(), t.c.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )

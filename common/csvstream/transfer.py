@@ -1,0 +1,53 @@
+"""The CSV import and export skeleton both services share: one unit of work each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy import Executable
+
+from common.csvstream.export import stream_csv
+from common.csvstream.reader import CsvReader
+from common.csvstream.staging import Staging, stage
+from common.db import Database
+from common.db.uow import RepositoryFactory
+from common.tenancy import TenantScope
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def import_csv(
+    db: Database,
+    scope: TenantScope,
+    repository: RepositoryFactory[R],
+    reader: CsvReader,
+    staging: Staging,
+    apply: Callable[[R], Awaitable[T]],
+) -> T:
+    """Streams every row of `reader` into `staging`, then, only if every row was valid,
+    `apply(repository)` writes them; all in one transaction, committed at the end."""
+    async with db.unit_of_work(scope, repository) as uow:
+        await stage(uow.executor, staging, reader.rows())
+        reader.raise_if_invalid()
+        result = await apply(uow.repo)
+        await uow.commit()
+    return result
+
+
+async def export_csv(
+    db: Database,
+    scope: TenantScope,
+    repository: RepositoryFactory[R],
+    query: Callable[[R], tuple[Executable, Mapping[str, Any]]],
+    header: tuple[str, ...],
+    *,
+    label: str,
+) -> AsyncIterator[bytes]:
+    """CSV chunks of every row `query(repository)` selects, with `header` first."""
+    async with db.unit_of_work(scope, repository) as uow:
+        statement, params = query(uow.repo)
+        async with stream_csv(uow.executor, statement, params, header, label=label) as chunks:
+            async for chunk in chunks:
+                yield chunk

@@ -1,0 +1,122 @@
+"""The one asyncpg pool per process, on the embedded PostgreSQL or a server named by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from common.config import ConfigError
+from common.db.errors import is_unavailable, unavailable
+from common.db.uow import R, RepositoryFactory, UnitOfWork
+from common.tenancy import TenantScope
+
+# How long closing the pool waits for connections still lent out.
+CLOSE_TIMEOUT_SECONDS = 30.0
+_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
+
+
+def asyncpg_dsn(url: str) -> str:
+    """`url` (`postgresql://`, `postgres://` or `postgresql+asyncpg://`) as asyncpg reads it."""
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"DATABASE_URL must be a PostgreSQL URL (postgresql://user@host:port/db), "
+            f"not {parts.scheme or url!r}"
+        )
+    return urlunsplit(parts._replace(scheme="postgresql"))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database for SQLAlchemy (Alembic), on the asyncpg driver."""
+    return urlunsplit(urlsplit(asyncpg_dsn(url))._replace(scheme="postgresql+asyncpg"))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(asyncpg_dsn(url)).path.lstrip("/") or "postgres"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Ids as text both ways and JSON as Python values both ways, so statements take and give
+    the same values the domain uses, with no per-call conversion in Python."""
+    await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
+    await conn.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + json.dumps(value).encode(),
+        decoder=lambda data: json.loads(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Nothing to reset on release: units of work set only transaction-local settings and end
+    their transaction themselves (asyncpg still rolls back one left open)."""
+
+
+class Database:
+    """The process's pool of at most `pool_size` connections, opened on demand."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.dsn = asyncpg_dsn(url)
+        self.pool_size = pool_size
+        self.pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def open(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self.pool is None:
+                self.pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    init=_init_connection,
+                    reset=_keep_session,
+                )
+            return self.pool
+
+    def unit_of_work(
+        self, scope: TenantScope | None, repository: RepositoryFactory[R]
+    ) -> UnitOfWork[R]:
+        """One transaction for `scope` (its tenant set for row-level security) with
+        `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`."""
+        return UnitOfWork(self, scope, repository)
+
+    async def ping(self) -> None:
+        """One round trip; a database that is not there names itself in the error."""
+        try:
+            pool = self.pool or await self.open()
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    def pool_stats(self) -> dict[str, int]:
+        """Connections in use, idle and allowed; zeros before the pool opens."""
+        pool = self.pool
+        if pool is None:
+            return {"checked_out": 0, "idle": 0, "size": self.pool_size}
+        idle = pool.get_idle_size()
+        return {"checked_out": pool.get_size() - idle, "idle": idle, "size": self.pool_size}
+
+    async def dispose(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                pool.terminate()
+
+    def describe(self) -> dict[str, Any]:
+        """Where the pool points, without credentials, for the start-up log line."""
+        parts = urlsplit(self.dsn)
+        return {"database": database_name(self.url), "host": parts.hostname or "socket"}
