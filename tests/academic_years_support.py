@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from academic_years.v1 import academic_years_pb2 as pb
 from academic_years.v1 import academic_years_pb2_grpc
-from sqlalchemy import Table, event, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table, select
 
 from academic_years_service.tables import academic_years
 from common.db import Database
@@ -95,8 +94,8 @@ async def seed_years(h: Harness, *rows: dict[str, Any]) -> list[str]:
     """Insert years directly (createdAt one second apart in the given order); returns ids."""
     base = utc("2025-01-01T00:00:00")
     values = [_year_row(row, base + dt.timedelta(seconds=i)) for i, row in enumerate(rows)]
-    async with h.db.transaction(write=True) as conn:
-        await conn.execute(academic_years.insert(), values)
+    for value in values:
+        await h.execute(academic_years.insert().values(value))
     return [v["id"] for v in values]
 
 
@@ -104,46 +103,40 @@ async def seed(h: Harness, table: Table, *rows: dict[str, Any]) -> list[str]:
     """Insert reference rows (organizations, classes, timetables); returns their ids."""
     blank = dict.fromkeys(table.c.keys())
     values = [{**blank, "id": new_uuid(), **row} for row in rows]
-    async with h.db.transaction(write=True) as conn:
-        await conn.execute(table.insert(), values)
+    for value in values:
+        await h.execute(table.insert().values(value))
     return [v["id"] for v in values]
 
 
 async def stored(h: Harness, year_id: str) -> dict[str, Any]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(select(academic_years).where(academic_years.c.id == year_id))
-        return dict(result.mappings().one())
+    [row] = await h.rows(select(academic_years).where(academic_years.c.id == year_id))
+    return dict(row)
 
 
 @contextmanager
 def statements(db: Database) -> Iterator[list[str]]:
-    """Every SQL statement the database sends while the block runs, through SQLAlchemy or
-    straight on an asyncpg connection (the PostgreSQL hot paths, `driver_transaction`)."""
+    """Every SQL statement the services' units of work send while the block runs."""
     seen: list[str] = []
-    hot_path = db.driver_transaction
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
+    open_unit = db.unit_of_work
 
     def logged(query: Any) -> None:
         seen.append(query.query)
 
-    @asynccontextmanager
-    async def logging_driver_transaction(**kwargs: Any) -> AsyncIterator[Any]:
-        async with hot_path(**kwargs) as conn:
-            if isinstance(conn, AsyncConnection):  # SQLite: already seen through SQLAlchemy
-                yield conn
-                return
-            conn.add_query_logger(logged)
-            try:
-                yield conn
-            finally:
-                conn.remove_query_logger(logged)
+    class LoggingUnit:
+        def __init__(self, unit: Any) -> None:
+            self.unit = unit
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    db.driver_transaction = logging_driver_transaction  # type: ignore[method-assign]
+        async def __aenter__(self) -> Any:
+            entered = await self.unit.__aenter__()
+            entered.executor.conn.add_query_logger(logged)
+            return entered
+
+        async def __aexit__(self, *exc: Any) -> Any:
+            self.unit.executor.conn.remove_query_logger(logged)
+            return await self.unit.__aexit__(*exc)
+
+    db.unit_of_work = lambda *a: LoggingUnit(open_unit(*a))  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
-        del db.driver_transaction
+        del db.unit_of_work

@@ -1,9 +1,9 @@
-"""Real servers on port 0 over real channels, on SQLite always and PostgreSQL when configured."""
+"""Real servers on port 0 over real channels, on the PostgreSQL that TEST_DATABASE_URL names or
+else on an embedded one under var/test-postgres (started once, stopped when the session ends)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,36 +19,31 @@ from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
 from common.server import RunningServer, ServiceDefinition, start_server
-from tests.support import SECRET, scratch_database
+from tests.support import SECRET, scratch_database, test_server_url
 
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["postgres"]
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str | None]:
+def server_url() -> str:
+    """The PostgreSQL server the suite runs on: TEST_DATABASE_URL's, or the embedded one."""
+    return test_server_url()
+
+
+@pytest.fixture(scope="session")
+def pg_url(server_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    base = os.environ.get("TEST_DATABASE_URL")
-    if not base:
-        yield None
-        return
-    with scratch_database(base) as url:
+    with scratch_database(server_url) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def backend_urls(pg_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    urls = {"sqlite": f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"}
-    if pg_url:
-        urls["postgres"] = pg_url
-    return urls
+def backend_urls(pg_url: str) -> dict[str, str]:
+    return {"postgres": pg_url}
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest, backend_urls: dict[str, str]) -> str:
-    if request.param not in backend_urls:
-        if os.environ.get("REQUIRE_POSTGRES_TESTS"):
-            pytest.fail("REQUIRE_POSTGRES_TESTS is set but TEST_DATABASE_URL is not")
-        pytest.skip("PostgreSQL tests need TEST_DATABASE_URL")
+def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
@@ -63,6 +58,10 @@ def test_settings(service: str, url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def _no_repository(*_: Any) -> None:
+    return None
 
 
 @dataclass
@@ -81,10 +80,27 @@ class Harness:
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
+    async def rows(self, statement: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        """What `statement` selects, read outside any tenant (for assertions)."""
+        async with self.db.unit_of_work(None, _no_repository) as uow:
+            return await uow.executor.rows(statement, params or {})
+
+    async def scalar(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        async with self.db.unit_of_work(None, _no_repository) as uow:
+            return await uow.executor.scalar(statement, params or {})
+
+    async def execute(self, statement: Any, params: dict[str, Any] | None = None) -> int:
+        """Runs and commits one statement outside any tenant (to arrange a test)."""
+        async with self.db.unit_of_work(None, _no_repository) as uow:
+            count = await uow.executor.execute(statement, params or {})
+            await uow.commit()
+        return count
+
     async def wipe(self) -> None:
-        async with self.db.transaction(write=True) as conn:
+        async with self.db.unit_of_work(None, _no_repository) as uow:
             for table in reversed(self.metadata.sorted_tables):
-                await conn.execute(table.delete())
+                await uow.executor.execute(table.delete())
+            await uow.commit()
 
 
 _migrated: set[tuple[str, str]] = set()

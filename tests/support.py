@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import uuid
@@ -10,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from sqlalchemy import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from common.config import LOCAL_DATA_DIR
+from common.db import asyncpg_dsn, embedded
 from common.token import mint
 
 SECRET = "test-secret-" + "x" * 40
@@ -127,20 +130,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+TEST_SERVER_DIR = LOCAL_DATA_DIR / "test-postgres"
+
+
+def test_server_url() -> str:
+    """TEST_DATABASE_URL, or the embedded test server's (started on first use)."""
+    return os.environ.get("TEST_DATABASE_URL") or embedded.ensure(
+        "postgres", data_dir=TEST_SERVER_DIR
+    )
+
+
 @contextmanager
 def scratch_database(server_url: str, prefix: str = "t") -> Iterator[str]:
     """A new, empty PostgreSQL database on `server_url`'s server, dropped afterwards."""
-    url = make_url(server_url).set(drivername="postgresql+asyncpg")
+    parts = urlsplit(asyncpg_dsn(server_url))
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(sql)
-        await engine.dispose()
+        conn = await asyncpg.connect(urlunsplit(parts))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield urlunsplit(parts._replace(path=f"/{name}"))
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

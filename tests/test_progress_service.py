@@ -42,8 +42,7 @@ async def listing(
 
 
 async def stored_rows(h: Harness) -> list:
-    async with h.db.transaction() as conn:
-        return list((await conn.execute(select(user_progress))).mappings())
+    return [dict(r) for r in await h.rows(select(user_progress))]
 
 
 async def test_upsert_creates_row_owned_by_the_token(progress: Harness) -> None:
@@ -227,9 +226,7 @@ async def test_concurrent_upserts_of_one_key_leave_one_row(progress: Harness) ->
     caller = Caller()
     results = await asyncio.gather(*(upsert(progress, caller, "race", score=i) for i in range(50)))
     assert len({r.id for r in results}) == 1
-    async with progress.db.transaction() as conn:
-        count = await conn.scalar(select(func.count()).select_from(user_progress))
-    assert count == 1
+    assert await progress.scalar(select(func.count()).select_from(user_progress)) == 1
 
 
 @pytest.mark.parametrize(
