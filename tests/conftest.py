@@ -19,7 +19,8 @@ from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
 from common.server import RunningServer, ServiceDefinition, start_server
-from tests.support import SECRET, scratch_database
+from tests.support.callers import SECRET
+from tests.support.databases import scratch_database
 
 BACKENDS = ["sqlite", "postgres"]
 
