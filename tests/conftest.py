@@ -44,12 +44,32 @@ def backend_urls(pg_url: str | None, tmp_path_factory: pytest.TempPathFactory) -
     return urls
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest, backend_urls: dict[str, str]) -> str:
-    if request.param not in backend_urls:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The one PostgreSQL-only rule. A test marked `postgres`, and every test on the `postgres`
+    backend, is skipped without TEST_DATABASE_URL (an error when REQUIRE_POSTGRES_TESTS is set,
+    as in CI); a marked test on the `sqlite` backend is skipped."""
+    callspec = getattr(item, "callspec", None)
+    on = callspec.params.get("backend") if callspec is not None else None
+    marked = item.get_closest_marker("postgres") is not None
+    if marked and on == "sqlite":
+        pytest.skip("PostgreSQL only")
+    if (marked or on == "postgres") and not os.environ.get("TEST_DATABASE_URL"):
         if os.environ.get("REQUIRE_POSTGRES_TESTS"):
             pytest.fail("REQUIRE_POSTGRES_TESTS is set but TEST_DATABASE_URL is not")
         pytest.skip("PostgreSQL tests need TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_url: str | None) -> str:
+    """The session's PostgreSQL database, for tests marked `postgres` (skipped without one)."""
+    assert pg_url, "a test that needs PostgreSQL is marked @pytest.mark.postgres"
+    return pg_url
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn; `pytest_runtest_setup` skips `postgres` without a database."""
     return str(request.param)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -54,12 +53,9 @@ ORIGINAL_SCHEMA = [
 
 
 @pytest.fixture
-def scratch_pg() -> Iterator[str]:
+def scratch_pg(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL database of its own for this test, dropped afterwards."""
-    base = os.environ.get("TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("PostgreSQL tests need TEST_DATABASE_URL")
-    with scratch_database(base, prefix="t_adopt") as url:
+    with scratch_database(postgres_url, prefix="t_adopt") as url:
         yield url
 
 

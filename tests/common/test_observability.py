@@ -121,9 +121,8 @@ async def test_in_flight_streams_and_pool_usage(metered: Harness) -> None:
         assert value(busy, "db_pool_checked_out_connections", **sql) == 1
 
 
+@pytest.mark.postgres
 async def test_the_hot_path_pool_is_reported_once_open(metered: Harness) -> None:
-    if metered.db.dialect != "postgresql":
-        pytest.skip("the asyncpg pool exists on PostgreSQL only")
     stub, caller = progress_pb2_grpc.UserProgressServiceStub(metered.channel), Caller()
     await stub.ListUserProgress(
         pb.ListUserProgressRequest(progress_type="sign_learned"), metadata=caller.md

@@ -45,15 +45,9 @@ def academic_years_personas(org_a: str, org_b: str) -> list[Principal]:
     ]
 
 
-def postgres_only(h: Harness) -> None:
-    if h.db.dialect != "postgresql":
-        pytest.skip("the asyncpg path exists on PostgreSQL only")
-
-
 @pytest_asyncio.fixture
 async def single(progress: Harness) -> AsyncIterator[Database]:
     """A pool of one connection, so the next unit of work sees what the last one left behind."""
-    postgres_only(progress)
     db = Database(progress.db.url, pool_size=1)
     yield db
     await db.dispose()
@@ -94,6 +88,7 @@ async def upsert_then(db: Database, who: Principal | None, then: str | None) -> 
             await driver.fetchval(then)
 
 
+@pytest.mark.postgres
 async def test_a_failure_rolls_back_driver_statements_and_tenant_settings(single: Database) -> None:
     with pytest.raises(Boom):
         await upsert_then(single, principal(new_uuid()), "boom")
@@ -101,6 +96,7 @@ async def test_a_failure_rolls_back_driver_statements_and_tenant_settings(single
     await assert_clean(single)
 
 
+@pytest.mark.postgres
 async def test_a_failing_statement_rolls_back_the_unit_of_work(single: Database) -> None:
     with pytest.raises(asyncpg.DivisionByZeroError):
         await upsert_then(single, principal(new_uuid()), "SELECT 1 / 0")
@@ -108,12 +104,14 @@ async def test_a_failing_statement_rolls_back_the_unit_of_work(single: Database)
     await assert_clean(single)
 
 
+@pytest.mark.postgres
 async def test_driver_statements_commit_with_the_unit_of_work(single: Database) -> None:
     await upsert_then(single, principal(new_uuid()), None)
     assert await stored_rows(single) == 1
     await assert_clean(single)
 
 
+@pytest.mark.postgres
 async def test_without_a_principal_the_statements_are_still_one_transaction(
     single: Database,
 ) -> None:
@@ -123,6 +121,7 @@ async def test_without_a_principal_the_statements_are_still_one_transaction(
     await assert_clean(single)
 
 
+@pytest.mark.postgres
 async def test_a_lost_connection_is_unavailable_and_not_handed_out_again(single: Database) -> None:
     who = principal(new_uuid())
     with pytest.raises(UnavailableError):
@@ -137,6 +136,7 @@ async def no_batches() -> AsyncIterator[list[tuple[Any, ...]]]:
         yield batch
 
 
+@pytest.mark.postgres
 async def test_sqlalchemy_statements_are_refused_on_the_driver(single: Database) -> None:
     who = principal(new_uuid())
     async with single.driver_transaction(principal=who) as driver:
@@ -171,8 +171,8 @@ async def same_page_on_both_paths(
     return len(fast[0])
 
 
+@pytest.mark.postgres
 async def test_progress_fast_path_matches_core_for_every_persona(progress: Harness) -> None:
-    postgres_only(progress)
     org_a, org_b, user, other = new_uuid(), new_uuid(), new_uuid(), new_uuid()
     writers = [principal(org_a, user), principal(org_b, user), principal(org_a, other)]
     async with progress.db.transaction(write=True) as conn:
@@ -194,8 +194,8 @@ async def test_progress_fast_path_matches_core_for_every_persona(progress: Harne
     assert rows_seen > 20  # the comparisons were not all of empty pages
 
 
+@pytest.mark.postgres
 async def test_progress_fast_writes_match_core(progress: Harness) -> None:
-    postgres_only(progress)
     who = principal(new_uuid())
     data = UserProgressInput("sign_learned", "i1", "v", 7, {"nested": [1, None, "x"]})
     for unit in (progress.db.driver_transaction, progress.db.transaction):
@@ -213,10 +213,10 @@ async def test_progress_fast_writes_match_core(progress: Harness) -> None:
         assert first.created_at.tzinfo is not None
 
 
+@pytest.mark.postgres
 async def test_academic_years_get_fast_path_matches_core_for_every_persona(
     academic_years: Harness,
 ) -> None:
-    postgres_only(academic_years)
     org_a, org_b = new_uuid(), new_uuid()
     await seed(academic_years, organizations, {"id": org_a, "name": "North"})
     years = await seed_years(
@@ -247,10 +247,10 @@ async def test_academic_years_get_fast_path_matches_core_for_every_persona(
     assert found == 5  # org a: 1, org b: 1, global: 3, stranger: 0
 
 
+@pytest.mark.postgres
 async def test_academic_years_list_fast_path_matches_core_for_every_filter_shape(
     academic_years: Harness,
 ) -> None:
-    postgres_only(academic_years)
     org_a, org_b = new_uuid(), new_uuid()
     rows: list[dict[str, Any]] = []
     for org in (org_a, org_b, None):
@@ -313,6 +313,7 @@ async def test_only_lost_connections_from_asyncpg_are_unavailable() -> None:
     assert not is_unavailable(asyncpg.UniqueViolationError("duplicate key"))
 
 
+@pytest.mark.postgres
 async def test_a_cancelled_unit_leaves_no_rows_and_no_open_transaction(single: Database) -> None:
     who, running = principal(new_uuid()), asyncio.Event()
 
@@ -331,10 +332,10 @@ async def test_a_cancelled_unit_leaves_no_rows_and_no_open_transaction(single: D
     await assert_clean(single)
 
 
+@pytest.mark.postgres
 async def test_a_waiting_caller_is_bounded_by_its_deadline_and_takes_nothing(
     progress: Harness,
 ) -> None:
-    postgres_only(progress)
     db = Database(progress.db.url, pool_size=1)
 
     async def one_unit() -> int:
@@ -355,8 +356,8 @@ async def test_a_waiting_caller_is_bounded_by_its_deadline_and_takes_nothing(
         await db.dispose()
 
 
+@pytest.mark.postgres
 async def test_dispose_closes_the_hot_path_pool(progress: Harness) -> None:
-    postgres_only(progress)
     db = Database(progress.db.url, pool_size=2)
     async with db.driver_transaction() as driver:
         backend = await driver.fetchval("SELECT pg_backend_pid()")

@@ -113,10 +113,8 @@ class RowLock:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def pg(pg_url: str | None) -> AsyncIterator[tuple[str, Database]]:
-    if not pg_url:
-        pytest.skip("needs TEST_DATABASE_URL")
-    url = await migrated(pg_url)
+async def pg(postgres_url: str) -> AsyncIterator[tuple[str, Database]]:
+    url = await migrated(postgres_url)
     db = Database(url)
     yield url, db
     await db.dispose()
@@ -131,6 +129,7 @@ async def pg_server(pg: tuple[str, Database]) -> AsyncIterator[tuple[RunningServ
     await running.shutdown(1.0)
 
 
+@pytest.mark.postgres
 async def test_client_deadline_cancels_the_servers_query(
     pg: tuple[str, Database], pg_server: tuple[RunningServer, aio.Channel]
 ) -> None:
@@ -216,6 +215,7 @@ def served(
             proc.wait()
 
 
+@pytest.mark.postgres
 async def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(
     pg: tuple[str, Database], served: tuple[subprocess.Popen[str], int, queue.Queue[str]]
 ) -> None:
@@ -421,6 +421,7 @@ async def test_service_started_before_the_database_serves_once_it_is_up(
             cluster.start()
 
 
+@pytest.mark.postgres
 async def test_an_import_cancelled_mid_stream_leaves_nothing_and_no_open_transaction(
     pg: tuple[str, Database], pg_server: tuple[RunningServer, aio.Channel]
 ) -> None:

@@ -30,7 +30,7 @@ from progress_service.tables import user_progress
 from tests.conftest import test_settings as settings_for
 from tests.support.callers import Caller, new_uuid
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres]
 
 
 async def _admin(url: str, *statements: str) -> None:
@@ -44,17 +44,15 @@ async def _admin(url: str, *statements: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def app_url(pg_url: str | None) -> AsyncIterator[str]:
+async def app_url(postgres_url: str) -> AsyncIterator[str]:
     """A login role that owns nothing and lacks BYPASSRLS, granted only DML; dropped afterwards."""
-    if not pg_url:
-        pytest.skip("row-level security needs TEST_DATABASE_URL")
     for definition in (DEFINITION, AY_DEFINITION):
         await asyncio.to_thread(
-            upgrade, pg_url, definition.migrations_dir, definition.version_table
+            upgrade, postgres_url, definition.migrations_dir, definition.version_table
         )
     role = f"rls_app_{uuid.uuid4().hex[:12]}"
     await _admin(
-        pg_url,
+        postgres_url,
         f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
         f'GRANT USAGE ON SCHEMA public TO "{role}"',
         f'GRANT SELECT, INSERT, UPDATE, DELETE ON user_progress TO "{role}"',
@@ -64,9 +62,9 @@ async def app_url(pg_url: str | None) -> AsyncIterator[str]:
         f'GRANT SELECT ON {AY_DEFINITION.version_table} TO "{role}"',
     )
     try:
-        yield make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        yield make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
     finally:
-        await _admin(pg_url, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')
+        await _admin(postgres_url, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -78,8 +76,8 @@ async def app_db(app_url: str) -> AsyncIterator[Database]:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def owner_db(pg_url: str) -> AsyncIterator[Database]:
-    db = Database(pg_url)
+async def owner_db(postgres_url: str) -> AsyncIterator[Database]:
+    db = Database(postgres_url)
     yield db
     await db.dispose()
 

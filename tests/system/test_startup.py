@@ -65,14 +65,13 @@ def test_migrate_creates_tables_and_version_table_on_sqlite(tmp_path: Path) -> N
 
 
 @pytest.fixture
-def empty_pg_database(pg_url: str | None) -> Iterator[str]:
+def empty_pg_database(postgres_url: str) -> Iterator[str]:
     """A new, empty database on the test server, dropped afterwards."""
-    if not pg_url:
-        pytest.skip("needs TEST_DATABASE_URL")
-    with scratch_database(pg_url) as url:
+    with scratch_database(postgres_url) as url:
         yield url
 
 
+@pytest.mark.postgres
 def test_postgres_needs_explicit_migrate_then_serves_and_drains(empty_pg_database: str) -> None:
     env = {"DATABASE_URL": empty_pg_database, "JWT_SECRET": "k" * 40}
     refused = run(["progress_service", "serve"], {**env, "GRPC_ADDR": "127.0.0.1:0"})
