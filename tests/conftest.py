@@ -19,7 +19,8 @@ from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
 from common.server import RunningServer, ServiceDefinition, start_server
-from tests.support import SECRET, scratch_database, test_server_url
+from tests.support.callers import SECRET
+from tests.support.databases import scratch_database, test_server_url
 
 BACKENDS = ["postgres"]
 
@@ -40,6 +41,12 @@ def pg_url(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def backend_urls(pg_url: str) -> dict[str, str]:
     return {"postgres": pg_url}
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_url: str) -> str:
+    """The session's database, for tests that talk to PostgreSQL without a service."""
+    return pg_url
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -1,0 +1,1 @@
+"""academic_years_service: its RPCs, filters, parsing, migrations, CSV and tenant isolation."""

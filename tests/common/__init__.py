@@ -1,0 +1,1 @@
+"""The common kit on its own: settings, tokens, CSV, logs, metrics, error mapping."""

@@ -1,0 +1,1 @@
+"""progress_service: its RPCs, servicer, CSV, bad input and tenant isolation."""

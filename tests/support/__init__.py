@@ -1,0 +1,1 @@
+"""Helpers the tests share, one module per concept (callers, databases, processes, ...)."""

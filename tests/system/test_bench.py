@@ -1,0 +1,39 @@
+"""`make bench --quick` end to end: the harness yields a well-formed result (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_writes_a_result_for_every_case_and_target(tmp_path: Path) -> None:
+    env = {**os.environ, "BENCH_DATABASE_URL": os.environ["TEST_DATABASE_URL"]}
+    done = subprocess.run(  # noqa: S603  # our own interpreter and module
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    cases = {"progress.list@10k", "progress.list@1M", "progress.upsert"}
+    cases |= {"ay.list-name-filter", "ay.get-associations"}
+    pairs = {(row["case"], row["target"]) for row in result["summary"]}
+    assert pairs >= {(case, target) for case in cases for target in ("baseline", "service")}
+    for run in result["runs"]:
+        assert run["requests"] == result["config"]["requests"]
+        assert run["errors"] == {}
+        assert run["rps"] > 0
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+    assert result["config"]["big_table_rows"] > result["config"]["small_table_rows"] > 0
+    assert {check["target"] for check in result["targets"]} >= {"list p50 at 1M / p50 at 10k"}
+    assert "rps/base" in done.stdout
