@@ -32,31 +32,31 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
     }
 
 
-async def tls_server(backend_urls: dict[str, str], env: dict[str, str]) -> Harness:
+async def tls_server(url: str, env: dict[str, str]) -> Harness:
     from progress_service.app import DEFINITION
     from progress_service.tables import metadata
 
     settings = load_settings("progress", "127.0.0.1:0", {"JWT_SECRET": SECRET, **env})
     assert settings.tls is not None
-    return await start_harness(DEFINITION, backend_urls["sqlite"], metadata, tls=settings.tls)
+    return await start_harness(DEFINITION, url, metadata, tls=settings.tls)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def tls(backend_urls: dict[str, str], pki: dict[str, Pair]) -> AsyncIterator[Harness]:
+async def tls(pg_url: str, pki: dict[str, Pair]) -> AsyncIterator[Harness]:
     env = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
-    harness = await tls_server(backend_urls, env)
+    harness = await tls_server(pg_url, env)
     yield harness
     await stop_harness(harness)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def mtls(backend_urls: dict[str, str], pki: dict[str, Pair]) -> AsyncIterator[Harness]:
+async def mtls(pg_url: str, pki: dict[str, Pair]) -> AsyncIterator[Harness]:
     env = {
         "TLS_CERT_FILE": str(pki["server"].cert),
         "TLS_KEY_FILE": str(pki["server"].key),
         "TLS_CLIENT_CA_FILE": str(pki["ca"].cert),
     }
-    harness = await tls_server(backend_urls, env)
+    harness = await tls_server(pg_url, env)
     yield harness
     await stop_harness(harness)
 
