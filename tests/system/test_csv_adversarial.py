@@ -30,17 +30,13 @@ SIGN = "sign_learned"
 
 
 async def progress_rows(h: Harness, caller: Caller) -> list[dict[str, Any]]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(
-            select(user_progress).where(user_progress.c.userId == caller.sub)
-        )
-        return [dict(r) for r in result.mappings()]
+    rows = await h.rows(select(user_progress).where(user_progress.c.userId == caller.sub))
+    return [dict(r) for r in rows]
 
 
 async def year_rows(h: Harness, org: str | None) -> list[dict[str, Any]]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(select(years_table).where(years_table.c.organizationId == org))
-        return [dict(r) for r in result.mappings()]
+    rows = await h.rows(select(years_table).where(years_table.c.organizationId == org))
+    return [dict(r) for r in rows]
 
 
 async def outcome(call: Any) -> tuple[grpc.StatusCode, Any]:
