@@ -45,9 +45,8 @@ async def outcome(call: Any) -> tuple[grpc.StatusCode, Any]:
 
 
 async def rows_of_org(h: Harness, org: str | None) -> list[dict[str, Any]]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(select(years_table).where(years_table.c.organizationId == org))
-        return [dict(r) for r in result.mappings()]
+    rows = await h.rows(select(years_table).where(years_table.c.organizationId == org))
+    return [dict(r) for r in rows]
 
 
 def assert_valid(row: dict[str, Any], caller: Caller) -> None:
@@ -166,10 +165,7 @@ async def test_fuzzed_ids_never_fail_inside(
         )
         if code == grpc.StatusCode.OK and hasattr(result, "deleted_count"):
             assert result.deleted_count == 0
-    async with h.db.transaction() as conn:
-        deleted = await conn.scalar(
-            select(years_table.c.deletedAt).where(years_table.c.id == victim)
-        )
+    deleted = await h.scalar(select(years_table.c.deletedAt).where(years_table.c.id == victim))
     assert deleted is None
 
 

@@ -35,9 +35,7 @@ async def export_csv(h: Harness, caller: Caller, **request) -> bytes:
 
 
 async def stored(h: Harness) -> list[dict]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(select(years).order_by(years.c.createdAt, years.c.id))
-        return [dict(r) for r in result.mappings()]
+    return [dict(r) for r in await h.rows(select(years).order_by(years.c.createdAt, years.c.id))]
 
 
 def names(data: bytes) -> list[str]:

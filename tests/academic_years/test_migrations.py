@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from academic_years_service.app import DEFINITION
+from common.db import asyncpg_dsn
 from common.migrations import upgrade
 from tests.support.databases import head_revision, scratch_database
 
@@ -27,15 +27,20 @@ def _upgrade(url: str) -> None:
     upgrade(url, DEFINITION.migrations_dir, DEFINITION.version_table)
 
 
-def test_fresh_sqlite_database_gets_every_table_and_index_once(tmp_path: Path) -> None:
-    path = tmp_path / "ay.db"
-    _upgrade(f"sqlite+aiosqlite:///{path}")
-    _upgrade(f"sqlite+aiosqlite:///{path}")  # a second run is a no-op
-    with sqlite3.connect(path) as conn:
-        names = {r[0]: r[1] for r in conn.execute("select name, type from sqlite_master")}
-        [(version,)] = conn.execute("select version_num from alembic_version_academic_years")
+def test_fresh_database_gets_every_table_and_index_once(scratch_pg: str) -> None:
+    _upgrade(scratch_pg)
+    _upgrade(scratch_pg)  # a second run is a no-op
+    [names, [(version,)]] = asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+                "SELECT version_num FROM alembic_version_academic_years",
+            ],
+        )
+    )
     tables = {"academic_years", "organizations", "classes", "timetables"}
-    assert tables | INDEXES <= names.keys() and version == head_revision(DEFINITION)
+    assert tables | INDEXES <= {r[0] for r in names} and version == head_revision(DEFINITION)
 
 
 # The original backend's tables as Sequelize created them on PostgreSQL (abridged).
@@ -59,16 +64,16 @@ def scratch_pg(postgres_url: str) -> Iterator[str]:
         yield url
 
 
-async def _sql(url: str, statements: list[str], *, autocommit: bool = False) -> list[object]:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT" if autocommit else None)
-    results: list[object] = []
+async def _sql(url: str, statements: list[str]) -> list[Any]:
+    """Each statement's rows (as tuples), all in one transaction."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    results: list[Any] = []
     try:
-        async with engine.begin() as conn:
+        async with conn.transaction():
             for sql in statements:
-                result = await conn.exec_driver_sql(sql)
-                results.append(result.all() if result.returns_rows else None)
+                results.append([tuple(r) for r in await conn.fetch(sql)])
     finally:
-        await engine.dispose()
+        await conn.close()
     return results
 
 

@@ -30,9 +30,8 @@ async def seeded(h: Harness) -> tuple[Caller, dict[str, str], dict[str, Any]]:
 
 
 async def snapshot(h: Harness) -> dict[str, Any]:
-    async with h.db.transaction() as conn:
-        rows = await conn.execute(select(years_table).order_by(years_table.c.id))
-        return {r["id"]: dict(r) for r in rows.mappings()}
+    rows = await h.rows(select(years_table).order_by(years_table.c.id))
+    return {r["id"]: dict(r) for r in rows}
 
 
 def personas(owner: Caller) -> dict[str, Caller]:

@@ -7,10 +7,11 @@ import datetime as dt
 import io
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from common.csvstream import (
     CellError,
@@ -19,15 +20,16 @@ from common.csvstream import (
     CsvReader,
     boolean,
     date,
-    encode_rows,
     escape_formula,
     int32,
     json_text,
     rechunk,
+    stream_csv,
     uuid_text,
 )
 from common.csvstream.reader import record_boundary
 from common.errors import ResourceExhaustedError, ValidationError
+from tests.conftest import Harness
 
 COLUMNS = (
     CsvColumn("id", uuid_text),
@@ -158,24 +160,25 @@ def test_escape_formula() -> None:
     assert [escape_formula(v) for v in ["", "a=1", "'=1", " =1"]] == ["", "a=1", "'=1", " =1"]
 
 
-async def batches_of(rows: Sequence[Sequence[Any]], size: int) -> AsyncIterator[Sequence[Any]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
 @pytest.mark.asyncio
-async def test_writer_chunks_quote_and_write_null_empty() -> None:
-    rows = [[f"name {i}", None, 'q"uote,\r\n', dt.date(2024, 1, i % 28 + 1)] for i in range(3000)]
-    chunks = [
-        c
-        async for c in encode_rows(
-            ["a", "b", "c", "d"], batches_of(rows, 100), label="t", chunk_bytes=4096
+async def test_copy_export_chunks_quotes_and_writes_null_empty(progress: Harness) -> None:
+    """COPY's CSV through `stream_csv`: pieces joined to at least `chunk_bytes` (each one far
+    under the message limit), RFC 4180 quoting of a quote, comma, CR and LF, NULL as an empty
+    cell, the header first."""
+    rows = text(
+        "SELECT 'name ' || i, NULL, 'q\"uote,' || chr(13) || chr(10), DATE '2024-01-01' + i % 28"
+        " FROM generate_series(0, 29999) AS i"
+    )
+    async with progress.db.unit_of_work(None, lambda *_: None) as uow:
+        exported = stream_csv(
+            uow.executor, rows, {}, ["a", "b", "c", "d"], label="t", chunk_bytes=4096
         )
-    ]
-    assert len(chunks) > 10 and all(len(c) < 4096 + 4096 for c in chunks)
+        async with exported as stream:
+            chunks = [c async for c in stream]
+    assert len(chunks) > 3 and all(4096 <= len(c) < 1 << 20 for c in chunks[:-1])
     parsed = list(csv.reader(io.StringIO(b"".join(chunks).decode(), newline="")))
     assert parsed[0] == ["a", "b", "c", "d"]
-    assert parsed[1] == ["name 0", "", 'q"uote,\r\n', "2024-01-01"] and len(parsed) == 3001
+    assert parsed[1] == ["name 0", "", 'q"uote,\r\n', "2024-01-01"] and len(parsed) == 30001
 
 
 @pytest.mark.asyncio

@@ -74,8 +74,12 @@ def test_public_key_must_match_its_algorithm_and_not_be_private(tmp_path: Path) 
 def test_settings_defaults_and_validation() -> None:
     settings = load_settings("progress", "127.0.0.1:50051", {"JWT_SECRET": STRONG})
     assert settings.grpc_addr == "127.0.0.1:50051"
-    assert settings.database_url.startswith("sqlite+aiosqlite:///")
-    assert settings.database_url.endswith("var/progress.sqlite3")
+    assert settings.database_url is None  # the embedded PostgreSQL, started by the command line
+    for url in ("postgresql://u@h/d", "postgres://u@h/d", "postgresql+asyncpg://u@h/d"):
+        named = load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": url})
+        assert named.database_url == url
+    with pytest.raises(ConfigError, match="PostgreSQL URL"):
+        load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": "sqlite:///x"})
     assert settings.workers == 1 and settings.tls is None and settings.metrics_addr is None
     with pytest.raises(ConfigError, match="WORKERS"):
         load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "WORKERS": "0"})

@@ -1,6 +1,6 @@
 """Token attacks: every forged, stale or malformed token is UNAUTHENTICATED and writes nothing.
 
-Token checks do not depend on the database, so these run on SQLite only to stay fast.
+Each key set-up runs its own server, on the session's database.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ async def _server(backend_urls: dict[str, str], env: dict[str, str]) -> Harness:
     from progress_service.tables import metadata
 
     settings = load_jwt_settings(env)  # the same path JWT_* variables take at start-up
-    return await start_harness(DEFINITION, backend_urls["sqlite"], metadata, jwt=settings)
+    return await start_harness(DEFINITION, backend_urls["postgres"], metadata, jwt=settings)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -130,8 +130,7 @@ async def pk_server(backend_urls: dict[str, str], keys: Keys) -> AsyncIterator[H
 
 
 async def row_count(h: Harness) -> int:
-    async with h.db.transaction() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(user_progress)) or 0)
+    return int(await h.scalar(select(func.count()).select_from(user_progress)))
 
 
 async def attempt_write(h: Harness, authorization: str | None) -> None:

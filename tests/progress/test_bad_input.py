@@ -98,11 +98,7 @@ def has_nul_or_nonfinite(data: Any) -> bool:
 
 
 async def rows_of(h: Harness, caller: Caller) -> list[Any]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(
-            select(user_progress).where(user_progress.c.userId == caller.sub)
-        )
-        return list(result.mappings())
+    return list(await h.rows(select(user_progress).where(user_progress.c.userId == caller.sub)))
 
 
 async def outcome(coro: Any) -> tuple[grpc.StatusCode, Any]:

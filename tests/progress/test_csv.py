@@ -41,9 +41,8 @@ async def export_csv(h: Harness, caller: Caller, **request) -> bytes:
 
 
 async def stored(h: Harness) -> list[dict]:
-    async with h.db.transaction() as conn:
-        result = await conn.execute(select(user_progress).order_by(user_progress.c.item_id))
-        return [dict(r) for r in result.mappings()]
+    rows = await h.rows(select(user_progress).order_by(user_progress.c.item_id))
+    return [dict(r) for r in rows]
 
 
 async def test_import_upserts_for_the_caller_and_types_cells(progress: Harness) -> None:

@@ -86,14 +86,13 @@ async def delete(h: Harness, who: Caller, item: str) -> pb.DeleteUserProgressByI
 
 async def owner_rows(h: Harness, owner: Caller) -> dict[str, tuple[str | None, bool]]:
     """The owner's rows as stored: item -> (value, live)."""
-    async with h.db.transaction() as conn:
-        rows = await conn.execute(
-            select(user_progress.c.item_id, user_progress.c.value, user_progress.c.deletedAt).where(
-                user_progress.c.userId == owner.sub,
-                user_progress.c.organizationId == owner.org,
-            )
+    rows = await h.rows(
+        select(user_progress.c.item_id, user_progress.c.value, user_progress.c.deletedAt).where(
+            user_progress.c.userId == owner.sub,
+            user_progress.c.organizationId == owner.org,
         )
-        return {item: (value, deleted is None) for item, value, deleted in rows}
+    )
+    return {item: (value, deleted is None) for item, value, deleted in rows}
 
 
 async def seeded(h: Harness) -> tuple[Caller, dict[str, tuple[str | None, bool]]]:
