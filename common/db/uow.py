@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -103,8 +104,10 @@ class UnitOfWork(Generic[R]):
                 await conn.execute("ROLLBACK")
             except (Exception, asyncio.CancelledError):
                 reusable = False
-        if not reusable or (failed and conn.is_closed()):
-            conn.terminate()
-        pool = self._db.pool
-        if pool is not None:
-            await pool.release(conn)
+        # A connection the server dropped is handed back by asyncpg itself as it closes.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            if not reusable or (failed and conn.is_closed()):
+                conn.terminate()
+            pool = self._db.pool
+            if pool is not None:
+                await pool.release(conn)
