@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import signal
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,32 +32,35 @@ _COLUMNS = (
     'user_progress."campusId", user_progress."userId", user_progress."createdAt", '
     'user_progress."updatedAt"'
 )
+# The SQL the services compile, written out by hand (tests/system/test_bench.py keeps the two
+# the same, so the comparison measures the code path and never a different query).
 UPSERT_SQL = (
     "INSERT INTO user_progress (id, progress_type, item_id, value, score, metadata,"
     ' "organizationId", "campusId", "userId", "createdById", "updatedById", "createdAt",'
-    ' "updatedAt") VALUES ($1::UUID, $2::enum_user_progress_progress_type, $3::VARCHAR,'
-    " $4::VARCHAR, $5::INTEGER, $6::JSONB,"
-    " $7::UUID, $8::UUID, $9::UUID, $9::UUID, $9::UUID, $10::TIMESTAMPTZ, $10::TIMESTAMPTZ)"
+    ' "updatedAt") VALUES (gen_random_uuid(), $1::enum_user_progress_progress_type,'
+    " $2::VARCHAR, $3::VARCHAR, $4::INTEGER, $5::JSONB, $6::UUID, $7::UUID, $8::UUID, $9::UUID,"
+    " $10::UUID, $11::TIMESTAMP WITH TIME ZONE, $12::TIMESTAMP WITH TIME ZONE)"
     ' ON CONFLICT ("organizationId", "userId", progress_type, item_id) WHERE "deletedAt" IS NULL'
     " DO UPDATE SET value = excluded.value, score = excluded.score, metadata = excluded.metadata,"
     ' "campusId" = excluded."campusId", "updatedById" = excluded."updatedById",'
     f' "updatedAt" = excluded."updatedAt" RETURNING {_COLUMNS}'
 )
 _MATCHING = (
-    'WHERE user_progress."userId" = $1::UUID AND user_progress."deletedAt" IS NULL'
-    ' AND user_progress."organizationId" = $2::UUID'
-    " AND user_progress.progress_type = $3::enum_user_progress_progress_type"
+    'WHERE user_progress."deletedAt" IS NULL AND user_progress."organizationId" = {org}::UUID'
+    ' AND user_progress."userId" = {user}::UUID'
+    " AND user_progress.progress_type = {type}::enum_user_progress_progress_type"
 )
-COUNT_SQL = f"SELECT count(*) AS count_1 FROM user_progress {_MATCHING}"
+_READ = _MATCHING.format(org="$1", user="$2", type="$3")
+COUNT_SQL = f"SELECT count(*) AS count_1 FROM user_progress {_READ}"
 LIST_SQL = (
-    f"SELECT {_COLUMNS} FROM user_progress {_MATCHING}"
-    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC'
-    " LIMIT $4::INTEGER OFFSET $5::INTEGER"
+    f"SELECT {_COLUMNS} FROM user_progress {_READ}"
+    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4 OFFSET $5'
 )
-
 DELETE_SQL = (
-    'UPDATE user_progress SET "deletedAt"=$5::TIMESTAMPTZ, "updatedAt"=$5::TIMESTAMPTZ,'
-    f' "updatedById"=$1::UUID {_MATCHING} AND user_progress.item_id = $4::VARCHAR'
+    'UPDATE user_progress SET "updatedById"=$1::UUID, "updatedAt"=$2::TIMESTAMP WITH TIME ZONE,'
+    ' "deletedAt"=$2::TIMESTAMP WITH TIME ZONE '
+    + _MATCHING.format(org="$3", user="$1", type="$4")
+    + " AND user_progress.item_id = $5::VARCHAR"
 )
 
 
@@ -107,11 +109,10 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
             else None
         )
         now = dt.datetime.now(dt.UTC)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             row = await conn.fetchrow(
                 UPSERT_SQL,
-                uuid.uuid4(),
                 data.progress_type,
                 data.item_id,
                 data.value if data.HasField("value") else None,
@@ -120,8 +121,12 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
                 org,
                 None,
                 user,
+                user,
+                user,
+                now,
                 now,
             )
+            await conn.execute("COMMIT")
         return progress_proto(row)
 
     async def ListUserProgress(
@@ -129,12 +134,13 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
     ) -> progress_pb2.ListUserProgressResponse:
         org, user = caller_ids(context)
         limit = min(request.limit or 10, 100)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
-            count = await conn.fetchval(COUNT_SQL, user, org, request.progress_type)
+            count = await conn.fetchval(COUNT_SQL, org, user, request.progress_type)
             rows = await conn.fetch(
-                LIST_SQL, user, org, request.progress_type, limit, request.page * limit
+                LIST_SQL, org, user, request.progress_type, limit, request.page * limit
             )
+            await conn.execute("ROLLBACK")
         return progress_pb2.ListUserProgressResponse(
             rows=[progress_proto(r) for r in rows], count=count
         )
@@ -144,11 +150,12 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
     ) -> progress_pb2.DeleteUserProgressByItemResponse:
         org, user = caller_ids(context)
         now = dt.datetime.now(dt.UTC)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             status = await conn.execute(
-                DELETE_SQL, user, org, request.progress_type, request.item_id, now
+                DELETE_SQL, user, now, org, request.progress_type, request.item_id
             )
+            await conn.execute("COMMIT")
         return progress_pb2.DeleteUserProgressByItemResponse(deleted_count=int(status.split()[-1]))
 
 

@@ -29,8 +29,7 @@ _NAME_SCOPE = (
 COUNT_SQL = f"SELECT count(*) AS count_1 FROM academic_years {_NAME_SCOPE}"
 PAGE_SQL = (
     f"SELECT {_COLUMNS} FROM academic_years {_NAME_SCOPE}"
-    ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC'
-    " LIMIT $3::INTEGER OFFSET $4::INTEGER"
+    ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC LIMIT $3 OFFSET $4'
 )
 GET_SQL = (
     f"SELECT {_COLUMNS}, organizations.id AS id_1, organizations.name AS name_1"
@@ -48,16 +47,17 @@ CLASSES_SQL = REFERENCES_SQL.format(t="classes")
 TIMETABLES_SQL = REFERENCES_SQL.format(t="timetables")
 
 
-# The row-level security settings the services send first in every transaction that has a
-# caller (common/db.py): the same SQL, so the baseline pays for the same round trip.
-TENANT_SQL = (
-    "SELECT set_config('app.organization_id', $1, true),"
-    " set_config('app.user_id', $2, true), set_config('app.global_access', $3, true)"
+# BEGIN and the row-level security settings, in one message, as the services' unit of work
+# sends them (common/db/uow.py): the same SQL, so the baseline pays for the same round trip.
+BEGIN_SQL = (
+    "BEGIN; SELECT set_config('app.organization_id', '{org}', true),"
+    " set_config('app.user_id', '{user}', true), set_config('app.global_access', 'off', true)"
 )
 
 
 async def begin_as(conn: asyncpg.Connection, org: str, user: str) -> None:
-    await conn.fetchrow(TENANT_SQL, org, user, "off")
+    """The caller's transaction; the ids come from the load generator (UUIDs)."""
+    await conn.execute(BEGIN_SQL.format(org=org, user=user))
 
 
 def _date(value: dt.date | None) -> str | None:
@@ -99,23 +99,26 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
     ) -> pb.ListAcademicYearsResponse:
         org, user = self._caller(context)
         limit, pattern = min(request.limit or 10, 100), _like(request.name.strip())
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, org, pattern)
             rows = await conn.fetch(PAGE_SQL, org, pattern, limit, request.page * limit)
+            await conn.execute("ROLLBACK")
         return pb.ListAcademicYearsResponse(rows=[year_proto(r) for r in rows], count=count)
 
     async def GetAcademicYear(
         self, request: pb.GetAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
         org, user = self._caller(context)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             row = await conn.fetchrow(GET_SQL, org, request.id)
             if row is None:
+                await conn.execute("ROLLBACK")
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such academic year")
             classes = await conn.fetch(CLASSES_SQL, row[0], row[5])
             timetables = await conn.fetch(TIMETABLES_SQL, row[0], row[5])
+            await conn.execute("ROLLBACK")
         return year_proto(
             row,
             organization=pb.Reference(id=str(row[11]), name=row[12]),
