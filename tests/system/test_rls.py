@@ -6,25 +6,27 @@ The service connects as a non-owner role without BYPASSRLS, as docs/security.md 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from grpc import aio
 from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
-from sqlalchemy import make_url, select, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import select, text
 
 from academic_years_service.app import DEFINITION as AY_DEFINITION
 from academic_years_service.tables import academic_years
 from common.auth import Principal
-from common.db import Database
+from common.db import Database, UnitOfWork, asyncpg_dsn
 from common.migrations import upgrade
 from common.server import RunningServer, start_server
+from common.tenancy import tenant_scope
 from progress_service.app import DEFINITION
 from progress_service.tables import user_progress
 from tests.conftest import test_settings as settings_for
@@ -34,13 +36,40 @@ pytestmark = pytest.mark.asyncio
 
 
 async def _admin(url: str, *statements: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    """Runs each statement on its own, outside a transaction (roles, grants)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        async with engine.connect() as conn:
-            for statement in statements:
-                await conn.exec_driver_sql(statement)
+        for statement in statements:
+            await conn.execute(statement)
     finally:
-        await engine.dispose()
+        await conn.close()
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """`url` with another login (any credentials it carried are dropped)."""
+    parts = urlsplit(asyncpg_dsn(url))
+    where = parts.netloc.rpartition("@")[2]  # empty for a unix socket (?host=…)
+    return urlunsplit(parts._replace(netloc=f"{quote(user)}:{quote(password)}@{where}"))
+
+
+def _no_repository(*_: Any) -> None:
+    return None
+
+
+def unit(db: Database, who: Principal | None = None) -> UnitOfWork[None]:
+    """A transaction as the service opens one for `who` (RLS settings and all), or with no
+    tenant named at all; nothing lasts unless the block commits."""
+    return db.unit_of_work(None if who is None else tenant_scope(who), _no_repository)
+
+
+async def write(
+    db: Database, who: Principal, sql: str, params: dict[str, Any] | None = None
+) -> int:
+    """Runs and commits one statement as `who`; the number of rows it touched."""
+    async with unit(db, who) as uow:
+        count = await uow.executor.execute(text(sql), params or {})
+        await uow.commit()
+    return count
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -50,10 +79,11 @@ async def app_url(postgres_url: str) -> AsyncIterator[str]:
         await asyncio.to_thread(
             upgrade, postgres_url, definition.migrations_dir, definition.version_table
         )
-    role = f"rls_app_{uuid.uuid4().hex[:12]}"
+    role, password = f"rls_app_{uuid.uuid4().hex[:12]}", secrets.token_hex(16)
     await _admin(
         postgres_url,
-        f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
+        f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' "
+        "NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE",
         f'GRANT USAGE ON SCHEMA public TO "{role}"',
         f'GRANT SELECT, INSERT, UPDATE, DELETE ON user_progress TO "{role}"',
         f'GRANT SELECT ON {DEFINITION.version_table} TO "{role}"',
@@ -62,7 +92,7 @@ async def app_url(postgres_url: str) -> AsyncIterator[str]:
         f'GRANT SELECT ON {AY_DEFINITION.version_table} TO "{role}"',
     )
     try:
-        yield make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        yield as_user(postgres_url, role, password)
     finally:
         await _admin(postgres_url, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')
 
@@ -85,13 +115,13 @@ async def owner_db(postgres_url: str) -> AsyncIterator[Database]:
 @pytest_asyncio.fixture
 async def world(owner_db: Database) -> dict[str, Caller]:
     """Rows of two users in one organization and one user elsewhere, written by the owner."""
-    async with owner_db.transaction(write=True) as conn:
-        await conn.execute(user_progress.delete())
     me = Caller()
     people = {"me": me, "colleague": Caller(org=me.org), "stranger": Caller()}
-    async with owner_db.transaction(write=True) as conn:
+    async with unit(owner_db) as uow:
+        await uow.executor.execute(user_progress.delete())
         for name, caller in people.items():
-            await conn.execute(user_progress.insert().values(**_row(caller, name)))
+            await uow.executor.execute(user_progress.insert().values(**_row(caller, name)))
+        await uow.commit()
     return people
 
 
@@ -125,30 +155,29 @@ def principal(caller: Caller, **changes: Any) -> Principal:
 
 async def visible_items(db: Database, who: Principal | None) -> list[str]:
     """A query with the tenant filter removed: whatever comes back, RLS let through."""
-    async with db.transaction(principal=who) as conn:
-        return sorted((await conn.execute(text("SELECT item_id FROM user_progress"))).scalars())
+    async with unit(db, who) as uow:
+        rows = await uow.executor.rows(text("SELECT item_id FROM user_progress"))
+    return sorted(row["item_id"] for row in rows)
 
 
 async def owner_items(db: Database) -> dict[str, str | None]:
-    async with db.transaction() as conn:
-        rows = await conn.execute(select(user_progress.c.item_id, user_progress.c.value))
-        return dict(rows.all())
+    async with unit(db) as uow:
+        rows = await uow.executor.rows(select(user_progress.c.item_id, user_progress.c.value))
+    return {row["item_id"]: row["value"] for row in rows}
 
 
 @pytest.mark.parametrize("table", ["user_progress", "academic_years"])
 async def test_the_app_role_is_not_privileged(owner_db: Database, app_url: str, table: str) -> None:
-    role = make_url(app_url).username
-    async with owner_db.transaction() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT r.rolsuper, r.rolbypassrls, c.relowner = r.oid, c.relrowsecurity "
-                    "FROM pg_roles r, pg_class c WHERE r.rolname = :role AND c.relname = :table"
-                ),
-                {"role": role, "table": table},
-            )
-        ).one()
-    assert tuple(row) == (False, False, False, True)
+    role = urlsplit(app_url).username
+    async with unit(owner_db) as uow:
+        rows = await uow.executor.rows(
+            text(
+                "SELECT r.rolsuper, r.rolbypassrls, c.relowner = r.oid, c.relrowsecurity "
+                "FROM pg_roles r, pg_class c WHERE r.rolname = :role AND c.relname = :table"
+            ),
+            {"role": role, "table": table},
+        )
+    assert [tuple(row) for row in rows] == [(False, False, False, True)]
 
 
 async def test_unfiltered_select_sees_only_the_callers_rows(
@@ -164,18 +193,26 @@ async def test_no_tenant_named_means_no_rows_and_settings_do_not_leak(
     app_db: Database, world: dict[str, Caller]
 ) -> None:
     assert await visible_items(app_db, principal(world["me"])) == ["me"]
+    first = await backend_pid(app_db)
     # The same pooled connection, next transaction, no principal: the setting was local.
     assert await visible_items(app_db, None) == []
+    assert await backend_pid(app_db) == first
+
+
+async def backend_pid(db: Database) -> int:
+    async with unit(db) as uow:
+        return int(await uow.executor.scalar(text("SELECT pg_backend_pid()")))
 
 
 async def test_global_access_lifts_only_the_organization_filter(
     app_db: Database, owner_db: Database, world: dict[str, Caller]
 ) -> None:
     me = world["me"]
-    async with owner_db.transaction(write=True) as conn:
-        await conn.execute(
+    async with unit(owner_db) as uow:
+        await uow.executor.execute(
             user_progress.insert().values(**_row(Caller(org=new_uuid(), sub=me.sub), "me-abroad"))
         )
+        await uow.commit()
     roaming = principal(me, organization_id=None, global_access=True)
     assert await visible_items(app_db, roaming) == ["me", "me-abroad"]
 
@@ -183,12 +220,9 @@ async def test_global_access_lifts_only_the_organization_filter(
 async def test_unfiltered_update_and_delete_touch_only_the_callers_rows(
     app_db: Database, owner_db: Database, world: dict[str, Caller]
 ) -> None:
-    async with app_db.transaction(write=True, principal=principal(world["me"])) as conn:
-        updated = await conn.execute(text("UPDATE user_progress SET value = 'pwned'"))
-        assert updated.rowcount == 1
-    async with app_db.transaction(write=True, principal=principal(world["colleague"])) as conn:
-        deleted = await conn.execute(text("DELETE FROM user_progress"))
-        assert deleted.rowcount == 1
+    me, colleague = principal(world["me"]), principal(world["colleague"])
+    assert await write(app_db, me, "UPDATE user_progress SET value = 'pwned'") == 1
+    assert await write(app_db, colleague, "DELETE FROM user_progress") == 1
     assert await owner_items(owner_db) == {"me": "pwned", "stranger": None}
 
 
@@ -220,9 +254,8 @@ async def test_writes_outside_the_tenant_are_refused(
         "other_org": world["stranger"].org,
         "other_user": world["colleague"].sub,
     }
-    with pytest.raises(DBAPIError, match="row-level security"):
-        async with app_db.transaction(write=True, principal=principal(me)) as conn:
-            await conn.execute(text(statement), params)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        await write(app_db, principal(me), statement, params)
     assert await owner_items(owner_db) == {"me": None, "colleague": None, "stranger": None}
 
 
@@ -254,13 +287,13 @@ async def test_the_service_runs_as_the_app_role(
         metadata=me.md,
     )
     assert deleted.deleted_count == 1
-    async with owner_db.transaction() as conn:
-        live = await conn.execute(
+    async with unit(owner_db) as uow:
+        live = await uow.executor.rows(
             select(user_progress.c.userId).where(
                 user_progress.c.item_id == "via-rpc", user_progress.c.deletedAt.is_(None)
             )
         )
-        assert live.scalars().all() == [stranger.sub]
+    assert [row["userId"] for row in live] == [stranger.sub]
 
 
 @pytest_asyncio.fixture
@@ -269,15 +302,16 @@ async def years(owner_db: Database) -> dict[str, str]:
     from common.db import utcnow
 
     orgs = {"mine": new_uuid(), "theirs": new_uuid()}
-    async with owner_db.transaction(write=True) as conn:
-        await conn.execute(academic_years.delete())
+    async with unit(owner_db) as uow:
+        await uow.executor.execute(academic_years.delete())
         for name, org in orgs.items():
             now = utcnow()
-            await conn.execute(
+            await uow.executor.execute(
                 academic_years.insert().values(
                     id=new_uuid(), name=name, organizationId=org, createdAt=now, updatedAt=now
                 )
             )
+        await uow.commit()
     return orgs
 
 
@@ -286,8 +320,9 @@ def year_principal(org: str | None, global_access: bool = False) -> Principal:
 
 
 async def year_names(db: Database, who: Principal | None) -> list[str]:
-    async with db.transaction(principal=who) as conn:
-        return sorted((await conn.execute(text("SELECT name FROM academic_years"))).scalars())
+    async with unit(db, who) as uow:
+        rows = await uow.executor.rows(text("SELECT name FROM academic_years"))
+    return sorted(row["name"] for row in rows)
 
 
 async def test_academic_years_unfiltered_reads_stay_in_the_organization(
@@ -306,20 +341,21 @@ async def test_academic_years_unfiltered_writes_stay_in_the_organization(
     app_db: Database, owner_db: Database, years: dict[str, str]
 ) -> None:
     me = year_principal(years["mine"])
-    async with app_db.transaction(write=True, principal=me) as conn:
-        result = await conn.execute(text("UPDATE academic_years SET name = 'pwned'"))
-        assert result.rowcount == 1
-    with pytest.raises(DBAPIError, match="row-level security"):
-        async with app_db.transaction(write=True, principal=me) as conn:
-            await conn.execute(
-                text('UPDATE academic_years SET "organizationId" = :other'),
-                {"other": years["theirs"]},
-            )
-    async with owner_db.transaction() as conn:
-        names = await conn.execute(select(academic_years.c.name, academic_years.c.organizationId))
-        assert sorted(names.all()) == sorted(
-            [("pwned", years["mine"]), ("theirs", years["theirs"])]
+    assert await write(app_db, me, "UPDATE academic_years SET name = 'pwned'") == 1
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        await write(
+            app_db,
+            me,
+            'UPDATE academic_years SET "organizationId" = :other',
+            {"other": years["theirs"]},
         )
+    async with unit(owner_db) as uow:
+        names = await uow.executor.rows(
+            select(academic_years.c.name, academic_years.c.organizationId)
+        )
+    assert sorted(tuple(row) for row in names) == sorted(
+        [("pwned", years["mine"]), ("theirs", years["theirs"])]
+    )
 
 
 async def test_the_academic_years_service_runs_as_the_app_role(
