@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import asyncpg
 
 from common.config import LOCAL_DATA_DIR
 
-DATA_DIR = LOCAL_DATA_DIR / "postgres"
+# EMBEDDED_PGDATA moves the server elsewhere (the tests give their processes a private one).
+DATA_DIR = Path(os.environ.get("EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
 DATABASE = "school"
 SUPERUSER = "postgres"
 
