@@ -54,19 +54,31 @@ class ServiceProcess:
         return self.proc.wait(timeout)
 
 
+# Settings of the developer's shell that must not reach a service under test.
+_CLEARED = ("JWT_", "DATABASE_URL", "EMBEDDED_PGDATA")
+
+
+def service_env(**env: str) -> dict[str, str]:
+    """The environment a service under test starts with: this one's, minus the developer's
+    database and key settings, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED)}
+    return {**base, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", **env}
+
+
 def start_service(module: str, folder: Path, **env: str) -> ServiceProcess:
-    """Serve `module` on a free port with its own SQLite file; returns once it is serving."""
+    """Serve `module` on a free port as `python -m <module> serve`; returns once it is serving.
+
+    Without DATABASE_URL in `env` the service takes the zero-setup default, the embedded
+    PostgreSQL, with its data directory in `folder` (never the developer's var/postgres):
+    services started on one folder share that server, and the last one to stop stops it."""
     port = free_port()
     workers = int(env.get("WORKERS", "1"))
-    full_env = {
-        **os.environ,
-        "JWT_SECRET": SECRET,
+    defaults = {
         "GRPC_ADDR": f"127.0.0.1:{port}",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{folder / module}.sqlite3",
-        "LOG_FORMAT": "json",
+        "EMBEDDED_PGDATA": str(folder / "postgres"),
         "SHUTDOWN_GRACE_SECONDS": "5",
-        **env,
     }
+    full_env = service_env(**{**defaults, **env})
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", module, "serve"],
         cwd=ROOT,
