@@ -92,7 +92,7 @@ def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYe
     violations += text_violations(data.name, f"{prefix}name", MAX_NAME_LENGTH)
     organization_id = None
     if data.organization_id is not None:
-        organization_id = parsing.uuid(data.organization_id, f"{prefix}organization_id", violations)
+        organization_id = parsing.uuid(data.organization_id, f"{prefix}organizationId", violations)
     if violations:
         raise ValidationError(violations)
     given = {
@@ -167,6 +167,10 @@ class AcademicYearsService:
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         authorize(principal, CREATE)
         values = validate_input(data)
+        if principal.organization_id is None and values.organization_id is None:
+            raise ValidationError.field(
+                "data.organizationId", "required for a caller without an organization"
+            )
         async with self._db.transaction(write=True, principal=principal) as conn:
             return await AcademicYearsRepository(conn, principal).create(
                 values.id or new_id(), values
@@ -257,7 +261,7 @@ class AcademicYearsService:
         unless every row is valid."""
         authorize(principal, CREATE)
         if principal.organization_id is None:
-            raise ValidationError.field("organization_id", "an import needs an organization")
+            raise ValidationError.field("org", "an import needs a token with an org claim")
         reader = CsvReader(
             chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
         )
