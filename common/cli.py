@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from common.config import ConfigError, default_sqlite_url, load_settings
+from common.config import ConfigError, default_sqlite_url, environment_help, load_settings
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
 from common.server import ServiceDefinition, run_loop, serve
@@ -17,8 +17,26 @@ log = logging.getLogger("cli")
 
 
 def _parser(definition: ServiceDefinition) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {definition.name}_service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    module = f"{definition.name}_service"
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=f"The {definition.name} gRPC service ({', '.join(definition.service_names)}).",
+        epilog=f"""commands:
+  serve    serve on GRPC_ADDR (default {definition.default_addr}) until SIGTERM or Ctrl-C,
+           then drain. On PostgreSQL it refuses a database that is not migrated; on the
+           SQLite default it migrates it first.
+  migrate  apply this service's Alembic migrations to DATABASE_URL and exit.
+
+{environment_help()}""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate"],
+        help="serve (the default) or migrate",
+    )
     parser.add_argument("--addr", help="listen address (overrides GRPC_ADDR)")
     parser.add_argument("--database-url", help="SQLAlchemy URL (overrides DATABASE_URL)")
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +173,96 @@ def load_settings(
         db_max_overflow=max_overflow,
         uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One setting read from the environment, as `--help` and the README describe it."""
+
+    name: str
+    meaning: str
+    default: str  # as a person reads it; `tests/test_config_docs.py` checks it is the real one
+
+
+# Every variable load_settings (and CsvLimits.from_env) reads, in the order people look for them.
+# `--help` of each service and README's configuration table are generated from this list
+# (`make docs`); a test fails when either, or load_settings, drifts from it.
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable(
+        "DATABASE_URL",
+        "SQLAlchemy URL: `sqlite+aiosqlite:///…` or `postgresql+asyncpg://…`",
+        "`var/<service>.sqlite3`",
+    ),
+    Variable(
+        "GRPC_ADDR",
+        "listen address",
+        "`127.0.0.1:50051` progress, `127.0.0.1:50052` academic years",
+    ),
+    Variable(
+        "JWT_SECRET",
+        f"HS256 shared secret, at least {MIN_HMAC_SECRET_BYTES} bytes",
+        "none: the service refuses to start without a key",
+    ),
+    Variable(
+        "JWT_PUBLIC_KEY_FILE",
+        "PEM public key, instead of JWT_SECRET; needs JWT_ALGORITHM",
+        "unset",
+    ),
+    Variable(
+        "JWT_ALGORITHM",
+        "the one algorithm accepted (RS256, ES256, EdDSA, … with a public key; HS256/384/512 "
+        "with a secret)",
+        "HS256 with JWT_SECRET",
+    ),
+    Variable("JWT_ISSUER", "`iss` every token must carry", "unset: not checked"),
+    Variable("JWT_AUDIENCE", "`aud` every token must carry", "unset: not checked"),
+    Variable("JWT_LEEWAY_SECONDS", "clock skew allowed on `exp`, `nbf` and `iat`", "30"),
+    Variable(
+        "TOKEN_CACHE_SIZE",
+        "verified tokens kept (30 s at most, never past their exp); 0 turns it off",
+        "1024",
+    ),
+    Variable("WORKERS", "server processes sharing the port (SO_REUSEPORT)", "1"),
+    Variable("METRICS_ADDR", "Prometheus endpoint, e.g. `0.0.0.0:9100`", "unset: off"),
+    Variable("LOG_FORMAT", "`json` or `console`", "`console` on a terminal, else `json`"),
+    Variable(
+        "TLS_CERT_FILE", "server certificate (PEM); with TLS_KEY_FILE switches TLS on", "unset"
+    ),
+    Variable("TLS_KEY_FILE", "server key (PEM)", "unset: plaintext"),
+    Variable(
+        "TLS_CLIENT_CA_FILE", "CA that client certificates must chain to (mTLS)", "unset: no mTLS"
+    ),
+    Variable("SHUTDOWN_GRACE_SECONDS", "how long in-flight RPCs may finish after SIGTERM", "10"),
+    Variable(
+        "DB_POOL_SIZE",
+        "PostgreSQL connections per process and pool, opened on demand (SQLAlchemy's pool and "
+        "asyncpg's pool for the hot RPCs: at most 2 × size + overflow)",
+        "10",
+    ),
+    Variable("DB_MAX_OVERFLOW", "extra SQLAlchemy connections, closed on return", "0"),
+    Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),
+    Variable(
+        "CSV_MAX_BYTES",
+        "largest CSV upload, in bytes (`RESOURCE_EXHAUSTED` beyond)",
+        "1073741824 (1 GiB)",
+    ),
+)
+
+
+def environment_markdown() -> str:
+    """README's configuration table."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [f"| `{v.name}` | {v.meaning} | {v.default} |" for v in ENVIRONMENT]
+    return "\n".join(rows) + "\n"
+
+
+def environment_help(width: int = 100) -> str:
+    """The same table as plain text, for `--help`."""
+    indent = " " * 26
+    lines = ["environment (a command-line flag overrides its variable):"]
+    for v in ENVIRONMENT:
+        text = f"{v.meaning} (default: {v.default})".replace("`", "")
+        wrapped = textwrap.wrap(text, width - len(indent)) or [""]
+        lines.append(f"  {v.name:<23} {wrapped[0]}")
+        lines += [indent + line for line in wrapped[1:]]
+    return "\n".join(lines)
