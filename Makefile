@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 GEN    := gen/.stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: help install protos run test test-faults lint fmt migrate clean
+.PHONY: help install protos run test test-faults lint fmt migrate clean docs
 
 help:
 	@echo "make run      serve both services on the embedded SQLite default"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint     ruff + mypy + buf lint + buf breaking against main"
 	@echo "make protos   regenerate Python code from protos/"
 	@echo "make migrate  migrate both services' databases (DATABASE_URL or the SQLite default)"
+	@echo "make docs     regenerate README's configuration table from common/config.py"
 
 install: $(STAMP) $(GEN) node_modules/.installed
 
@@ -57,6 +58,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(PY) scripts/buf_check.py
+
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 fmt: install
 	$(BIN)/ruff format .

@@ -6,14 +6,16 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from common import permissions
+
 T = TypeVar("T")
 
 NOT_FOUND_CODE = "academic_yearsNotFound"
 
-READ = "READ_ACADEMIC_YEARS"
-CREATE = "CREATE_ACADEMIC_YEARS"
-UPDATE = "UPDATE_ACADEMIC_YEARS"
-DELETE = "DELETE_ACADEMIC_YEARS"
+READ = permissions.READ_ACADEMIC_YEARS
+CREATE = permissions.CREATE_ACADEMIC_YEARS
+UPDATE = permissions.UPDATE_ACADEMIC_YEARS
+DELETE = permissions.DELETE_ACADEMIC_YEARS
 
 # Names are b-tree indexed: 500 characters (at most 2000 bytes) stays under PostgreSQL's limit.
 MAX_NAME_LENGTH = 500

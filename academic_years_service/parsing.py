@@ -128,20 +128,23 @@ def _name_filter(value: str, violations: list[FieldViolation]) -> str | None:
 
 
 def filter_from(request: FilterRequest, violations: list[FieldViolation]) -> AcademicYearFilter:
-    """The validated filter; `active` is accepted and dropped (there is no such column)."""
+    """The validated filter; `active` is accepted and dropped (there is no such column).
+
+    Violations name each field by the JSON name a REST caller sent (`start_dateRange`,
+    `createdAtRange`, ...); tests/test_field_paths.py fails on a proto name that differs."""
     start = end = None
     if request.calendar_start:
-        start = date(request.calendar_start, "calendar_start", violations)
+        start = date(request.calendar_start, "calendarStart", violations)
     if request.calendar_end:
-        end = date(request.calendar_end, "calendar_end", violations)
+        end = date(request.calendar_end, "calendarEnd", violations)
     calendar = Bounds(start, end) if start is not None and end is not None else None
     return AcademicYearFilter(
         id=uuid(request.id, "id", violations) if request.id else None,
         name=_name_filter(request.name, violations),
         calendar=calendar,
-        start_date=date_range(request.start_date_range, "start_date_range", violations),
-        end_date=date_range(request.end_date_range, "end_date_range", violations),
-        created_at=created_range(request.created_at_range, "created_at_range", violations),
+        start_date=date_range(request.start_date_range, "start_dateRange", violations),
+        end_date=date_range(request.end_date_range, "end_dateRange", violations),
+        created_at=created_range(request.created_at_range, "createdAtRange", violations),
         current=request.current,
         organizations=organizations(request.organization, violations)
         if request.organization

@@ -68,7 +68,7 @@ def validate_input(data: AcademicYearInput, prefix: str = "data.") -> AcademicYe
     violations += text_violations(data.name, f"{prefix}name", MAX_NAME_LENGTH)
     organization_id = None
     if data.organization_id is not None:
-        organization_id = parsing.uuid(data.organization_id, f"{prefix}organization_id", violations)
+        organization_id = parsing.uuid(data.organization_id, f"{prefix}organizationId", violations)
     if violations:
         raise ValidationError(violations)
     given = {
@@ -173,12 +173,17 @@ class AcademicYearsService:
             raise not_found()
         return year
 
-    async def delete_many(self, principal: Principal, year_ids: Sequence[str]) -> int:
+    async def delete_many(
+        self, principal: Principal, year_ids: Sequence[str], old_body_ids: Sequence[str] = ()
+    ) -> int:
+        """Soft-deletes `ids` and the old REST body's `data` ids alike."""
         scope = authorize(principal, DELETE)
-        if len(year_ids) > MAX_BATCH_IDS:
+        if len(year_ids) + len(old_body_ids) > MAX_BATCH_IDS:
             raise ValidationError.field("ids", f"at most {MAX_BATCH_IDS} ids per call")
         violations: list[FieldViolation] = []
-        clean = {parsing.uuid(v, f"ids[{i}]", violations) for i, v in enumerate(year_ids)}
+        given = [(f"ids[{i}]", v) for i, v in enumerate(year_ids)]
+        given += [(f"data[{i}]", v) for i, v in enumerate(old_body_ids)]
+        clean = {parsing.uuid(v, field, violations) for field, v in given}
         if violations:
             raise ValidationError(violations)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:

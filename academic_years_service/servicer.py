@@ -101,7 +101,9 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def BatchDeleteAcademicYears(
         self, request: pb.BatchDeleteAcademicYearsRequest, context: Context
     ) -> pb.BatchDeleteAcademicYearsResponse:
-        deleted = await self._service.delete_many(current_principal(), list(request.ids))
+        deleted = await self._service.delete_many(
+            current_principal(), list(request.ids), old_body_ids=list(request.data)
+        )
         return pb.BatchDeleteAcademicYearsResponse(deleted_count=deleted)
 
     async def GetAcademicYear(

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import replace
 
-from common.config import ConfigError, load_settings
+from common.config import ConfigError, embedded_data_dir, environment_help, load_settings
 from common.db import embedded
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
@@ -19,8 +19,28 @@ log = logging.getLogger("cli")
 
 
 def _parser(definition: ServiceDefinition) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {definition.name}_service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    module = f"{definition.name}_service"
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=f"The {definition.name} gRPC service ({', '.join(definition.service_names)}).",
+        epilog=f"""commands:
+  serve    serve on GRPC_ADDR (default {definition.default_addr}) until SIGTERM or Ctrl-C,
+           then drain. On a server named by DATABASE_URL it refuses a database that is
+           not migrated; with DATABASE_URL unset it starts (or reuses) the embedded
+           PostgreSQL under var/postgres and migrates it first.
+  migrate  apply this service's Alembic migrations to DATABASE_URL (or the embedded
+           PostgreSQL) and exit.
+
+{environment_help()}""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate"],
+        help="serve (the default) or migrate",
+    )
     parser.add_argument("--addr", help="listen address (overrides GRPC_ADDR)")
     parser.add_argument(
         "--database-url", help="PostgreSQL URL (overrides DATABASE_URL; unset = embedded)"
@@ -39,7 +59,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         setup_logging(env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json"))
         try:
-            url = named or embedded.ensure()
+            url = named or embedded.ensure(data_dir=embedded_data_dir(env))
             upgrade(url, definition.migrations_dir, definition.version_table)
         except Exception as exc:
             print(f"{definition.name}: cannot migrate: {_reason(exc)}", file=sys.stderr)
@@ -55,7 +75,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     if named is None:
         # The embedded default is started here and migrates itself; a named server is
         # migrated by an explicit step.
-        url = embedded.ensure()
+        url = embedded.ensure(data_dir=settings.embedded_data_dir)
         upgrade(url, definition.migrations_dir, definition.version_table)
         settings = replace(settings, database_url=url)
         env["DATABASE_URL"] = url  # for the workers, when there are several

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     service: str
-    # None: the embedded PostgreSQL under var/ (common.db.embedded), started on demand.
+    # None: the embedded PostgreSQL in `embedded_data_dir` (common.db.embedded), started on
+    # demand by the command line.
     database_url: str | None
     grpc_addr: str
     jwt: JwtSettings
@@ -58,6 +60,7 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
+    embedded_data_dir: Path = LOCAL_DATA_DIR / "postgres"
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
 
@@ -132,6 +135,11 @@ def _tls(env: Mapping[str, str]) -> TlsSettings | None:
     return TlsSettings(Path(cert), Path(key), Path(ca) if ca else None)
 
 
+def embedded_data_dir(env: Mapping[str, str]) -> Path:
+    """Where the embedded PostgreSQL keeps its data (EMBEDDED_PGDATA, default var/postgres)."""
+    return Path(_opt(env, "EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
+
+
 def load_settings(
     service: str, default_addr: str, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -157,6 +165,7 @@ def load_settings(
     return Settings(
         service=service,
         database_url=database_url,
+        embedded_data_dir=embedded_data_dir(env),
         grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
         jwt=load_jwt_settings(env),
         workers=workers,
@@ -167,3 +176,99 @@ def load_settings(
         db_pool_size=pool_size,
         uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One setting read from the environment, as `--help` and the README describe it."""
+
+    name: str
+    meaning: str
+    default: str  # as a person reads it; `tests/test_config_docs.py` checks it is the real one
+
+
+# Every variable load_settings (and CsvLimits.from_env) reads, in the order people look for them.
+# `--help` of each service and README's configuration table are generated from this list
+# (`make docs`); a test fails when either, or load_settings, drifts from it.
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable(
+        "DATABASE_URL",
+        "PostgreSQL URL: `postgresql://…`, `postgres://…` or `postgresql+asyncpg://…`",
+        "unset: the embedded PostgreSQL under `var/postgres`, started on demand",
+    ),
+    Variable(
+        "EMBEDDED_PGDATA",
+        "data directory of the embedded PostgreSQL (when DATABASE_URL is unset)",
+        "unset: `var/postgres` in the project folder",
+    ),
+    Variable(
+        "GRPC_ADDR",
+        "listen address",
+        "`127.0.0.1:50051` progress, `127.0.0.1:50052` academic years",
+    ),
+    Variable(
+        "JWT_SECRET",
+        f"HS256 shared secret, at least {MIN_HMAC_SECRET_BYTES} bytes",
+        "none: the service refuses to start without a key",
+    ),
+    Variable(
+        "JWT_PUBLIC_KEY_FILE",
+        "PEM public key, instead of JWT_SECRET; needs JWT_ALGORITHM",
+        "unset",
+    ),
+    Variable(
+        "JWT_ALGORITHM",
+        "the one algorithm accepted (RS256, ES256, EdDSA, … with a public key; HS256/384/512 "
+        "with a secret)",
+        "HS256 with JWT_SECRET",
+    ),
+    Variable("JWT_ISSUER", "`iss` every token must carry", "unset: not checked"),
+    Variable("JWT_AUDIENCE", "`aud` every token must carry", "unset: not checked"),
+    Variable("JWT_LEEWAY_SECONDS", "clock skew allowed on `exp`, `nbf` and `iat`", "30"),
+    Variable(
+        "TOKEN_CACHE_SIZE",
+        "verified tokens kept (30 s at most, never past their exp); 0 turns it off",
+        "1024",
+    ),
+    Variable("WORKERS", "server processes sharing the port (SO_REUSEPORT)", "1"),
+    Variable("METRICS_ADDR", "Prometheus endpoint, e.g. `0.0.0.0:9100`", "unset: off"),
+    Variable("LOG_FORMAT", "`json` or `console`", "`console` on a terminal, else `json`"),
+    Variable(
+        "TLS_CERT_FILE", "server certificate (PEM); with TLS_KEY_FILE switches TLS on", "unset"
+    ),
+    Variable("TLS_KEY_FILE", "server key (PEM)", "unset: plaintext"),
+    Variable(
+        "TLS_CLIENT_CA_FILE", "CA that client certificates must chain to (mTLS)", "unset: no mTLS"
+    ),
+    Variable("SHUTDOWN_GRACE_SECONDS", "how long in-flight RPCs may finish after SIGTERM", "10"),
+    Variable(
+        "DB_POOL_SIZE",
+        "most PostgreSQL connections a process opens (one asyncpg pool, opened on demand)",
+        "10",
+    ),
+    Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),
+    Variable(
+        "CSV_MAX_BYTES",
+        "largest CSV upload, in bytes (`RESOURCE_EXHAUSTED` beyond)",
+        "1073741824 (1 GiB)",
+    ),
+)
+
+
+def environment_markdown() -> str:
+    """README's configuration table."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [f"| `{v.name}` | {v.meaning} | {v.default} |" for v in ENVIRONMENT]
+    return "\n".join(rows) + "\n"
+
+
+def environment_help(width: int = 100) -> str:
+    """The same table as plain text, for `--help`."""
+    indent = " " * 26
+    lines = ["environment (a command-line flag overrides its variable):"]
+    for v in ENVIRONMENT:
+        text = f"{v.meaning} (default: {v.default})".replace("`", "")
+        wrapped = textwrap.wrap(text, width - len(indent)) or [""]
+        lines.append(f"  {v.name:<23} {wrapped[0]}")
+        lines += [indent + line for line in wrapped[1:]]
+    return "\n".join(lines)

@@ -22,6 +22,13 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def more_violations(count: int) -> str:
+    """The tail of a message that names its first violation: "; and 4 more violations"."""
+    if count < 1:
+        return ""
+    return f"; and {count} more violation{'s' if count > 1 else ''}"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     """A field (or CSV line and column) and what is wrong with it."""
@@ -76,8 +83,7 @@ class ValidationError(ServiceError):
             first = self.violations[0] if self.violations else FieldViolation("", "invalid request")
             message = f"{first.field}: {first.description}" if first.field else first.description
             message = _clip(message, MAX_MESSAGE_CHARS)
-            if self.total > 1:
-                message += f" (and {self.total - 1} more)"
+            message += more_violations(self.total - 1)
         super().__init__(message, reason=reason)
 
     @classmethod

@@ -12,6 +12,9 @@ from typing import Any
 
 import jwt
 
+from common import permissions
+from common.config import MIN_HMAC_SECRET_BYTES, ConfigError, load_jwt_settings
+
 
 def mint(
     key: str | bytes,
@@ -47,27 +50,80 @@ def mint(
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.token", description=__doc__)
-    p.add_argument("--sub", default=None, help="user id (UUID); a new one when omitted")
-    p.add_argument("--org", help="organization id (UUID)")
-    p.add_argument("--campus", help="campus id (UUID)")
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
+
+
+def _permission(value: str) -> str:
+    if value not in permissions.KNOWN:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a known permission; known: {', '.join(permissions.KNOWN)}"
+        )
+    return value
+
+
+def _positive(value: str) -> int:
+    seconds = int(value)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 second")
+    return seconds
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m common.token",
+        description=__doc__,
+        epilog="Permissions: " + ", ".join(permissions.KNOWN) + ". HS256 signs with "
+        f"JWT_SECRET (at least {MIN_HMAC_SECRET_BYTES} bytes, as the services require); "
+        "JWT_ISSUER and JWT_AUDIENCE are copied into the token when set. Exit 2 on a bad "
+        "option or key.",
+    )
+    p.add_argument("--sub", type=_uuid, help="user id (UUID); a new one when omitted")
+    p.add_argument("--org", type=_uuid, help="organization id (UUID)")
+    p.add_argument("--campus", type=_uuid, help="campus id (UUID)")
     p.add_argument("--global", dest="global_access", action="store_true", help="global access")
-    p.add_argument("--perm", action="append", default=[], help="role permission (repeatable)")
-    p.add_argument("--custom-perm", action="append", default=[], help="user's own permission")
-    p.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
+    p.add_argument(
+        "--perm", type=_permission, action="append", default=[], help="role permission (repeatable)"
+    )
+    p.add_argument(
+        "--custom-perm", type=_permission, action="append", default=[], help="user's own permission"
+    )
+    p.add_argument("--ttl", type=_positive, default=3600, help="seconds until expiry")
     p.add_argument("--private-key-file", help="PEM private key (with --alg RS256/ES256/EdDSA)")
     p.add_argument("--alg", default=None, help="signing algorithm (default HS256 or JWT_ALGORITHM)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _signing_key(args: argparse.Namespace) -> tuple[str | bytes, str]:
+    """The key and algorithm, refused by the same rules the services apply to their key."""
     if args.private_key_file:
-        key: str | bytes = Path(args.private_key_file).read_bytes()
-        algorithm = args.alg or os.environ.get("JWT_ALGORITHM") or "RS256"
-    else:
-        secret = os.environ.get("JWT_SECRET")
-        if not secret:
-            print("set JWT_SECRET (or pass --private-key-file)", file=sys.stderr)
-            return 2
-        key, algorithm = secret, args.alg or "HS256"
+        try:
+            return Path(args.private_key_file).read_bytes(), (
+                args.alg or os.environ.get("JWT_ALGORITHM") or "RS256"
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"--private-key-file {args.private_key_file}: {exc.strerror}"
+            ) from None
+    secret = os.environ.get("JWT_SECRET", "")
+    if not secret:
+        raise ConfigError("set JWT_SECRET (or pass --private-key-file)")
+    algorithm = args.alg or "HS256"
+    load_jwt_settings({"JWT_SECRET": secret, "JWT_ALGORITHM": algorithm})
+    return secret, algorithm
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        key, algorithm = _signing_key(args)
+    except ConfigError as exc:
+        print(f"{p.prog}: {exc}", file=sys.stderr)
+        return 2
     if not args.org and not args.global_access:
         print(
             "warning: no --org and no --global; the services will refuse this token",

@@ -36,14 +36,12 @@ def main() -> int:
     secret, generated = dev_secret()
     env = {**os.environ, "JWT_SECRET": secret}
     if not env.get("DATABASE_URL"):
+        from common.config import embedded_data_dir
         from common.db import embedded
 
-        started = time.monotonic()
-        embedded.ensure()
-        print(
-            f"Embedded PostgreSQL in {embedded.DATA_DIR.relative_to(ROOT)} "
-            f"(ready in {time.monotonic() - started:.1f} s)"
-        )
+        started, data_dir = time.monotonic(), embedded_data_dir(env)
+        embedded.ensure(data_dir=data_dir)
+        print(f"Embedded PostgreSQL in {data_dir} (ready in {time.monotonic() - started:.1f} s)")
     present = [s for s in SERVICES if (ROOT / s[0]).is_dir()]
     procs = [
         subprocess.Popen(  # noqa: S603 - our own interpreter and modules

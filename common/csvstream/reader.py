@@ -192,9 +192,8 @@ class CsvReader:
     def _read_header(self, fields: list[str]) -> None:
         names = [f.strip() for f in fields]
         known = {c.name: i for i, c in enumerate(self._columns)}
-        errors = [
-            FieldViolation(_line_field(1, n), "unknown column") for n in names if n not in known
-        ]
+        unknown = f"unknown column; the columns are {', '.join(known)}"
+        errors = [FieldViolation(_line_field(1, n), unknown) for n in names if n not in known]
         seen: set[str] = set()
         for n in names:
             if n in seen:

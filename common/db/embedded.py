@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import asyncpg
 
 from common.config import LOCAL_DATA_DIR
 
-# EMBEDDED_PGDATA moves the server elsewhere (the tests give their processes a private one).
-DATA_DIR = Path(os.environ.get("EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
+# The default data directory; EMBEDDED_PGDATA moves it (see common.config.embedded_data_dir).
+DATA_DIR = LOCAL_DATA_DIR / "postgres"
 DATABASE = "school"
 SUPERUSER = "postgres"
 

@@ -244,7 +244,7 @@ async def test_created_at_range_at_the_calendar_edges(
     if code == grpc.StatusCode.OK:
         assert [r.name for r in result.rows] == ["mine"]
     else:
-        assert [f for f, _ in result.violations] == ["created_at_range[0]"]
+        assert [f for f, _ in result.violations] == ["createdAtRange[0]"]
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ async def test_client_chosen_id_and_duplicates(academic_years: Harness) -> None:
         ({"start_date": "2024-02-30"}, "data.start_date"),
         ({"end_date": "2024-02-01T00:00:00"}, "data.end_date"),
         ({"end_date": ""}, "data.end_date"),
-        ({"organization_id": "123"}, "data.organization_id"),
+        ({"organization_id": "123"}, "data.organizationId"),
     ],
 )
 async def test_create_validates_each_field(

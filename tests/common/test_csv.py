@@ -28,7 +28,7 @@ from common.csvstream import (
     uuid_text,
 )
 from common.csvstream.reader import record_boundary
-from common.errors import ResourceExhaustedError, ValidationError
+from common.errors import FieldViolation, ResourceExhaustedError, ValidationError
 from tests.conftest import Harness
 
 COLUMNS = (
@@ -132,7 +132,25 @@ async def test_reader_stops_yielding_after_a_violation_but_counts_them_all() -> 
     assert reader.rows_read == 50 and rows == []
     with pytest.raises(ValidationError) as raised:
         reader.raise_if_invalid()
-    assert raised.value.total == 25 and "(and 24 more)" in raised.value.message
+    assert raised.value.total == 25 and "; and 24 more violations" in raised.value.message
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_column_is_answered_with_the_columns_there_are() -> None:
+    with pytest.raises(ValidationError) as raised:
+        await read_all(b"name,colour\nx,red\n", 64)
+    [violation] = raised.value.violations
+    assert violation.field == "line 1: colour"
+    assert violation.description == "unknown column; the columns are id, name, day, flag"
+
+
+def test_a_message_counts_the_other_violations_as_violations() -> None:
+    one, two, many = (
+        ValidationError([FieldViolation(f"f{i}", "bad") for i in range(n)]) for n in (1, 2, 5)
+    )
+    assert (one.message, two.message) == ("f0: bad", "f0: bad; and 1 more violation")
+    assert many.message == "f0: bad; and 4 more violations"
+    assert "more)" not in many.message
 
 
 @pytest.mark.asyncio

@@ -208,7 +208,7 @@ def test_validation_error_maps_to_bad_request_and_error_info() -> None:
     )
     status = to_grpc_status(error, "progress.v1")
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert status.details == "data.item_id: must not be empty (and 1 more)"
+    assert status.details == "data.item_id: must not be empty; and 1 more violation"
     info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
     details = _details(status).details
     assert details[0].Unpack(info) and details[1].Unpack(bad)
@@ -241,7 +241,7 @@ def test_validation_details_stay_small_whatever_the_input_echoes() -> None:
     assert status_pb2.Status.FromString(details).details[1].Unpack(bad)
     assert len(bad.field_violations) == 20
     assert bad.field_violations[0].field.startswith("line 0: hhh")
-    assert status.details.endswith("(and 49 more)")
+    assert status.details.endswith("; and 49 more violations")
 
 
 class _Metadata:

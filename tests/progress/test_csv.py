@@ -251,7 +251,7 @@ async def test_many_bad_rows_report_twenty_and_the_total(progress: Harness) -> N
         import_csv(progress, Caller(), csv_bytes([HEADER, *rows])), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert [v[0] for v in error.violations] == [f"line {n}: score" for n in range(2, 22)]
-    assert "(and 29 more)" in error.message
+    assert "; and 29 more violations" in error.message
     assert await stored(progress) == []
 
 

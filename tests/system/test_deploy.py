@@ -180,11 +180,105 @@ def test_envoy_transcodes_every_service_to_its_cluster() -> None:
     # Envoy refuses to start when a listed service is missing from the descriptor set.
     assert {service for _, service, _ in methods()} == set(SERVICES.values())
     assert set(config["services"]) == set(SERVICES.values())
-    routed = {r["match"]["prefix"]: r["route"]["cluster"] for r in config["_routes"]}
+    routed = {
+        r["match"]["prefix"]: r["route"]["cluster"]
+        for r in config["_routes"]
+        if "prefix" in r["match"]
+    }
     for package, service in SERVICES.items():
         cluster = routed[f"/{service}/"]
         host, port = clusters[cluster]
         assert (host, port) == PACKAGES[package][1:], service
+
+
+def http_rule(name: str) -> http_pb2.HttpRule:
+    [rule] = [m.options.Extensions[annotations_pb2.http] for _, _, m in methods() if m.name == name]
+    return rule
+
+
+def message(full_name: str) -> descriptor_pb2.DescriptorProto:
+    package, _, name = full_name.rpartition(".")
+    [found] = [
+        m for f in our_files() if f.package == package for m in f.message_type if m.name == name
+    ]
+    return found
+
+
+def http_filters() -> list[dict[str, Any]]:
+    [listener] = load_yaml("deploy/envoy.yaml")["static_resources"]["listeners"]
+    [manager] = listener["filter_chains"][0]["filters"]
+    return list(manager["typed_config"]["http_filters"])
+
+
+def lua_script(name: str) -> str:
+    [lua] = [f for f in http_filters() if f["name"] == "envoy.filters.http.lua"]
+    return str(lua["typed_config"]["source_codes"][name]["inline_string"])
+
+
+def rest_route(path: str) -> dict[str, Any]:
+    [route] = [r for r in transcoder()["_routes"] if r["match"].get("path") == path]
+    return dict(route)
+
+
+def test_old_delete_by_ids_body_reaches_batch_delete() -> None:
+    """`POST /api/academic_years/deleteByIds {"data": [ids]}`: `data` sits beside `ids`."""
+    rule = http_rule("BatchDeleteAcademicYears")
+    assert (rule.post, rule.body) == ("/api/academic_years/deleteByIds", "*")
+    fields = {f.name: f for f in message("academic_years.v1.BatchDeleteAcademicYearsRequest").field}
+    ids, data = fields["ids"], fields["data"]
+    assert (ids.number, ids.json_name) == (1, "ids"), "gRPC callers keep their field"
+    assert (data.number, data.json_name) == (2, "data")
+    repeated, string = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED, 9
+    assert data.label == ids.label == repeated and data.type == ids.type == string
+
+
+def test_autocomplete_answers_the_old_bare_array_over_rest() -> None:
+    rule = http_rule("AutocompleteAcademicYears")
+    assert rule.get == "/api/academic_years/autocomplete"
+    # Envoy refuses to start on a response_body that is not a google.api.HttpBody field; the
+    # gateway unwraps `items` instead.
+    assert not rule.response_body, "Envoy cannot start with response_body on a message field"
+    route = rest_route(rule.get)
+    assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "bare_items"
+    script = lua_script("bare_items")
+    assert "envoy_on_response" in script and '^{"items":(%[.*%])}$' in script
+    assert '~= "200"' in script, "errors keep their google.rpc.Status body"
+    [items] = message("academic_years.v1.AutocompleteAcademicYearsResponse").field
+    assert (items.name, items.json_name) == ("items", "items")
+    assert transcoder()["print_options"]["add_whitespace"] is False  # the shape the script reads
+
+
+def test_filetype_csv_on_the_list_route_reaches_the_export() -> None:
+    route = rest_route("/api/academic_years")
+    assert {"name": ":method", "string_match": {"exact": "GET"}} in route["match"]["headers"]
+    assert route["match"]["query_parameters"] == [
+        {"name": "filetype", "string_match": {"exact": "csv"}}
+    ]
+    assert route["typed_per_filter_config"]["envoy.filters.http.lua"]["name"] == "csv_export"
+    script = lua_script("csv_export")
+    assert 'headers:replace(":path", path)' in script and "^filetype=" in script
+    export = http_rule("ExportAcademicYearsCsv").get
+    assert f'local path = "{export}"' in script, "the script must rewrite to the export route"
+    assert http_rule("ListAcademicYears").get == "/api/academic_years"
+    names = [f["name"] for f in http_filters()]
+    lua, transcoding = (
+        names.index("envoy.filters.http.lua"),
+        names.index("envoy.filters.http.grpc_json_transcoder"),
+    )
+    assert lua < transcoding, "the path must be rewritten before the transcoder maps it"
+
+
+def test_gateway_refuses_unknown_query_parameters_and_methods() -> None:
+    config = transcoder()
+    # Each of these would win over the rejection and let an unknown parameter through.
+    assert config["ignore_unknown_query_parameters"] is False
+    assert not config.get("ignored_query_parameters")
+    assert not config.get("capture_unknown_query_parameters")
+    assert config["request_validation_options"] == {
+        "reject_unknown_query_parameters": True,
+        "reject_unknown_method": True,
+        "reject_binding_body_field_collisions": True,
+    }
 
 
 def test_compose_runs_migrations_then_services_then_the_gateway() -> None:

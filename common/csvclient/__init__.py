@@ -1,0 +1,1 @@
+"""`school-csv`: import and export CSV files through the services, with progress."""
