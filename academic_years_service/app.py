@@ -29,4 +29,11 @@ DEFINITION = ServiceDefinition(
     register=register,
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_academic_years",
+    # The reference tables belong to other parts of the system: read only.
+    app_grants={
+        "academic_years": "SELECT, INSERT, UPDATE, DELETE",
+        "organizations": "SELECT",
+        "classes": "SELECT",
+        "timetables": "SELECT",
+    },
 )

@@ -45,6 +45,18 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AppRole:
+    """The role `migrate` creates and grants, and the services serve as (see common.db.roles)."""
+
+    name: str
+    password: str | None = None
+
+
+# The app role of the embedded default: the socket trusts local roles, so it has no password.
+EMBEDDED_APP_ROLE = AppRole("school_app")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     service: str
     # None: the embedded PostgreSQL in `embedded_data_dir` (common.db.embedded), started on
@@ -61,6 +73,9 @@ class Settings:
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
     embedded_data_dir: Path = LOCAL_DATA_DIR / "postgres"
+    app_role: AppRole | None = None
+    # Refuse to serve as a role that row-level security does not apply to (else: a warning).
+    require_rls: bool = False
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
 
@@ -68,6 +83,13 @@ class Settings:
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    value = _opt(env, name)
+    if value is None:
+        return default
+    return value.lower() not in {"0", "false", "no", "off"}
 
 
 def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
@@ -140,6 +162,22 @@ def embedded_data_dir(env: Mapping[str, str]) -> Path:
     return Path(_opt(env, "EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
 
 
+def app_role(env: Mapping[str, str]) -> AppRole | None:
+    """DATABASE_APP_ROLE with its password (DATABASE_APP_PASSWORD, or a file holding it,
+    DATABASE_APP_PASSWORD_FILE, for secrets mounted as files)."""
+    name = _opt(env, "DATABASE_APP_ROLE")
+    password = _opt(env, "DATABASE_APP_PASSWORD")
+    password_file = _opt(env, "DATABASE_APP_PASSWORD_FILE")
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"DATABASE_APP_PASSWORD_FILE cannot be read: {exc}") from exc
+    if password and not name:
+        raise ConfigError("DATABASE_APP_PASSWORD is set but DATABASE_APP_ROLE is not")
+    return AppRole(name, password) if name else None
+
+
 def load_settings(
     service: str, default_addr: str, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -166,6 +204,8 @@ def load_settings(
         service=service,
         database_url=database_url,
         embedded_data_dir=embedded_data_dir(env),
+        app_role=app_role(env),
+        require_rls=_flag(env, "REQUIRE_RLS", default=False),
         grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
         jwt=load_jwt_settings(env),
         workers=workers,
@@ -174,7 +214,7 @@ def load_settings(
         tls=_tls(env),
         grace_seconds=grace,
         db_pool_size=pool_size,
-        uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
+        uvloop=_flag(env, "UVLOOP", default=True),
     )
 
 
@@ -247,6 +287,28 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "10",
     ),
     Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),
+    Variable(
+        "DATABASE_APP_ROLE",
+        "role `migrate` creates (no superuser, no BYPASSRLS) and grants each service's tables "
+        "to; serve as it so row-level security applies",
+        "unset: none (the embedded default always uses `school_app`)",
+    ),
+    Variable(
+        "DATABASE_APP_PASSWORD",
+        "password `migrate` sets for DATABASE_APP_ROLE (or DATABASE_APP_PASSWORD_FILE)",
+        "unset: the role's password is left as it is",
+    ),
+    Variable(
+        "DATABASE_APP_PASSWORD_FILE",
+        "a file holding DATABASE_APP_PASSWORD (a mounted secret)",
+        "unset",
+    ),
+    Variable(
+        "REQUIRE_RLS",
+        "`1`: `serve` refuses to start as a role row-level security does not apply to "
+        "(superuser, BYPASSRLS, table owner); otherwise it logs a warning",
+        "0",
+    ),
     Variable(
         "CSV_MAX_BYTES",
         "largest CSV upload, in bytes (`RESOURCE_EXHAUSTED` beyond)",

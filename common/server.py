@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.config import Settings
 from common.db import Database
+from common.db.roles import RoleError, serving_risks
 from common.errors import UnavailableError
 from common.interceptors import (
     AuthInterceptor,
@@ -48,6 +49,8 @@ class ServiceDefinition:
     register: Register
     migrations_dir: Path
     version_table: str
+    # The tables its app role is granted, with the privileges (see common.db.roles).
+    app_grants: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,10 +171,30 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
             await asyncio.sleep(min(delay * attempt, 5.0))
 
 
+async def check_role(db: Database, definition: ServiceDefinition, settings: Settings) -> None:
+    """Warns (or, with REQUIRE_RLS, refuses) when the role the service connects as is one that
+    row-level security does not apply to: the database's second line of tenant isolation
+    would be off without anyone knowing."""
+    async with db.unit_of_work(None, lambda *_: None) as uow:
+        risks = await serving_risks(uow.executor.conn, list(definition.app_grants))
+    if not risks:
+        return
+    message = (
+        f"row-level security does not apply to {definition.name}'s database role "
+        f"({'; '.join(risks)}): a query that forgot its tenant filter would reach every "
+        "organization. Migrate as the owner with DATABASE_APP_ROLE set and serve as that "
+        "role (docs/security.md)"
+    )
+    if settings.require_rls:
+        raise RoleError(message + "; REQUIRE_RLS is set, so the service does not start")
+    log.warning(message, extra={"risks": risks})
+
+
 async def serve(definition: ServiceDefinition, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
     db = database(settings)
     await wait_for_database(db)
+    await check_role(db, definition, settings)
     running = await start_server(definition, settings, db=db)
     log.info(
         "serving",

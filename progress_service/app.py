@@ -29,4 +29,5 @@ DEFINITION = ServiceDefinition(
     register=register,
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_progress",
+    app_grants={"user_progress": "SELECT, INSERT, UPDATE, DELETE"},
 )

@@ -119,4 +119,8 @@ class Database:
     def describe(self) -> dict[str, Any]:
         """Where the pool points, without credentials, for the start-up log line."""
         parts = urlsplit(self.dsn)
-        return {"database": database_name(self.url), "host": parts.hostname or "socket"}
+        return {
+            "database": database_name(self.url),
+            "host": parts.hostname or "socket",
+            "user": parts.username,
+        }
