@@ -182,5 +182,11 @@ async def test_an_app_role_with_bypassrls_is_refused_by_migrate(
 async def test_the_embedded_default_serves_as_its_app_role(
     embedded_default: tuple[str, str],
 ) -> None:
-    assert "school_app@" in embedded_default[1]
-    assert Path(embedded_default[1].split("host=", 1)[1]).exists()
+    _owner, served = embedded_default
+    assert served.startswith("postgresql://school_app@/school?host=")
+    app = Database(served, pool_size=1)
+    try:
+        async with app.unit_of_work(None, lambda *_: None) as uow:
+            assert await uow.executor.conn.fetchval("SELECT current_user") == "school_app"
+    finally:
+        await app.dispose()
