@@ -342,32 +342,3 @@ class ServedByInterceptor(_BeforeCallInterceptor):
 
     async def before(self, context: aio.ServicerContext[Any, Any]) -> None:
         await context.send_initial_metadata(self._metadata)
-
-
-class FinishOnCancelInterceptor(_CachingInterceptor):
-    """Lets a unary call run its unit of work to the end when the client goes away.
-
-    Used on SQLite only: a statement interrupted by cancellation leaves its connection discarded
-    mid-transaction, and SQLite's write lock stays held until the process exits. The caller
-    still sees CANCELLED or DEADLINE_EXCEEDED; the work is committed or rolled back as usual.
-    """
-
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        if not handler.unary_unary:
-            return handler
-
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                task = asyncio.ensure_future(behavior(request, context))
-                task.add_done_callback(_consume_outcome)
-                return await asyncio.shield(task)
-
-            return call
-
-        return _rebuild(handler, unary, lambda behavior: behavior)
-
-
-def _consume_outcome(task: asyncio.Future[Any]) -> None:
-    """Marks an abandoned call's error as seen; the caller has gone and nothing can report it."""
-    if not task.cancelled():
-        task.exception()

@@ -25,7 +25,6 @@ from common.errors import UnavailableError
 from common.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
-    FinishOnCancelInterceptor,
     RpcObserver,
     ServedByInterceptor,
 )
@@ -117,8 +116,6 @@ async def start_server(
         errors,
         AuthInterceptor(TokenVerifier(settings.jwt)),
     ]
-    if db.dialect == "sqlite":
-        interceptors.append(FinishOnCancelInterceptor())
     if metrics:
         interceptors.insert(0, metrics.interceptor())
     if settings.workers > 1:
