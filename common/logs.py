@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-# The access log's logger: one line per RPC (common.interceptors).
+# The access log's logger: one line per RPC (common.accesslog).
 ACCESS_LOGGER = "rpc"
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -18,16 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from common.accesslog import AccessLog, RpcObserver
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
+from common.authn import AuthInterceptor
 from common.config import Settings
 from common.db import Database
+from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
-from common.interceptors import (
-    AuthInterceptor,
-    ErrorInterceptor,
-    RpcObserver,
-    ServedByInterceptor,
-)
 from common.metrics import ServerMetrics, metrics_port_for
 
 log = logging.getLogger("server")
@@ -35,6 +30,7 @@ log = logging.getLogger("server")
 MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
 Register = Callable[[aio.Server, Database], None]
+Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,7 @@ class RunningServer:
     port: int
     health: Any
     db: Database
+    access_log: AccessLog
     extra_shutdown: list[Callable[[], object]] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
@@ -64,6 +61,7 @@ class RunningServer:
         """Health NOT_SERVING first, then let in-flight RPCs finish within `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.access_log.report()  # the last calls' metrics and lines
         for hook in self.extra_shutdown:
             hook()
         await self.db.dispose()
@@ -95,8 +93,9 @@ async def start_server(
     *,
     db: Database | None = None,
     observers: Sequence[RpcObserver] = (),
+    interceptors: Sequence[Interceptor] = (),
 ) -> RunningServer:
-    """Build, bind and start the server; the caller owns shutdown."""
+    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first."""
     db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -109,18 +108,16 @@ async def start_server(
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
-    errors = ErrorInterceptor(
-        definition.domain, (*observers, metrics.observe) if metrics else observers
+    access_log = AccessLog((*observers, metrics.observe) if metrics else observers)
+    server = aio.server(
+        interceptors=[
+            *interceptors,
+            *([metrics.interceptor()] if metrics else []),
+            ErrorInterceptor(definition.domain, access_log),
+            AuthInterceptor(TokenVerifier(settings.jwt)),
+        ],
+        options=options,
     )
-    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        errors,
-        AuthInterceptor(TokenVerifier(settings.jwt)),
-    ]
-    if metrics:
-        interceptors.insert(0, metrics.interceptor())
-    if settings.workers > 1:
-        interceptors.insert(0, ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}"))
-    server = aio.server(interceptors=interceptors, options=options)
     definition.register(server, db)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -141,8 +138,7 @@ async def start_server(
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
-    running = RunningServer(server, port, health_servicer, db, metrics=metrics)
-    running.extra_shutdown.append(errors.report_finished)  # the last calls' metrics and lines
+    running = RunningServer(server, port, health_servicer, db, access_log, metrics=metrics)
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)
@@ -170,11 +166,13 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
             await asyncio.sleep(min(delay * attempt, 5.0))
 
 
-async def serve(definition: ServiceDefinition, settings: Settings) -> None:
+async def serve(
+    definition: ServiceDefinition, settings: Settings, interceptors: Sequence[Interceptor] = ()
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
     db = database(settings)
     await wait_for_database(db)
-    running = await start_server(definition, settings, db=db)
+    running = await start_server(definition, settings, db=db, interceptors=interceptors)
     log.info(
         "serving",
         extra={

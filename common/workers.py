@@ -7,11 +7,13 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from multiprocessing.connection import wait
 from types import FrameType
 
 from common.config import load_settings
+from common.handlers import Context, WrappingInterceptor
 from common.logs import setup_logging
 from common.server import ServiceDefinition, run_loop, serve
 
@@ -23,7 +25,20 @@ def _worker(definition: ServiceDefinition, env: Mapping[str, str], index: int) -
     settings = load_settings(definition.name, definition.default_addr, env)
     settings = dataclasses.replace(settings, worker_index=index)
     setup_logging(settings.log_format)
-    run_loop(serve(definition, settings), settings)
+    served_by = ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}")
+    run_loop(serve(definition, settings, [served_by]), settings)
+
+
+class ServedByInterceptor(WrappingInterceptor):
+    """Names the answering process in an `x-served-by` header, so an operator (and the tests)
+    can see which of the workers sharing a port served a call."""
+
+    def __init__(self, served_by: str) -> None:
+        super().__init__()
+        self._metadata = (("x-served-by", served_by),)
+
+    async def enter(self, context: Context) -> None:
+        await context.send_initial_metadata(self._metadata)
 
 
 def run_workers(definition: ServiceDefinition, env: Mapping[str, str], count: int) -> int:
