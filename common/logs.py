@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from typing import Any, TextIO
 
 # The access log's logger: one line per RPC (common.accesslog).
@@ -54,32 +53,21 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class AccessBufferingHandler(logging.StreamHandler[TextIO]):
-    """Writes access-log lines in batches; every other line at once, after what is pending.
+    """Writes a batch of access lines at once; every other line at once, after what is held.
 
     One write and flush per RPC cost more CPU than the RPC's own Python code: every write is a
     system call that hands the interpreter lock to gRPC's polling thread and back. Access lines
-    (INFO on the `rpc` logger) are gathered and written together at least every
-    `interval` seconds or every `max_lines` lines; a line of any other logger or level (start-up,
-    drain, warnings, errors) writes what is pending and itself immediately, so the order holds
-    and nothing an operator waits for is held back. Pending lines are written on `flush()`,
-    which `logging.shutdown()` calls at exit.
+    (INFO on the `rpc` logger) come in batches from `common.accesslog.AccessLog`, which flushes
+    the handlers after each batch; until then they are held here (written every `max_lines`
+    lines of a large batch). A line of any other logger or level (start-up, drain, warnings,
+    errors) writes what is held and itself immediately, so the order holds.
+    `logging.shutdown()` flushes at exit.
     """
 
-    def __init__(
-        self, stream: TextIO | None = None, *, interval: float = 0.25, max_lines: int = 256
-    ) -> None:
+    def __init__(self, stream: TextIO | None = None, *, max_lines: int = 256) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
         self._max_lines = max_lines
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_every, args=(interval,), name="log-flusher", daemon=True
-        )
-        self._flusher.start()
-
-    def _flush_every(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
         try:
@@ -106,9 +94,17 @@ class AccessBufferingHandler(logging.StreamHandler[TextIO]):
             self.release()
 
     def close(self) -> None:
-        self._stop.set()
         self.flush()
         super().close()
+
+
+def flush_handlers(logger: logging.Logger) -> None:
+    """Flush every handler a record of `logger` reaches."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            handler.flush()
+        current = current.parent if current.propagate else None
 
 
 def setup_logging(log_format: str, level: int = logging.INFO) -> None:
