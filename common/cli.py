@@ -33,7 +33,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = args.database_url
     url = env.get("DATABASE_URL") or default_sqlite_url(definition.name)
     if args.command == "migrate":
-        setup_logging(env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json"))
+        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        setup_logging(log_format, service=definition.name)
         upgrade(url, definition.migrations_dir, definition.version_table)
         print(f"{definition.name}: database is at the newest revision")
         return 0
@@ -42,7 +43,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_format)
+    setup_logging(settings.log_format, service=definition.name)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL is migrated by an explicit step.
         upgrade(settings.database_url, definition.migrations_dir, definition.version_table)

@@ -16,8 +16,14 @@ _ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, the service when named, logger, message, extras."""
+
     _second = -1
     _second_text = ""
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self._service = {"service": service} if service else {}
 
     def _timestamp(self, record: logging.LogRecord) -> str:
         """ISO time in UTC; the formatted second is reused, as most lines share it."""
@@ -31,6 +37,7 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": self._timestamp(record),
             "level": record.levelname.lower(),
+            **self._service,
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -41,11 +48,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """`time level [service] logger: message  key=value ...`, for a terminal."""
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self._prefix = f"[{service}] " if service else ""
+
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
             f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED and v is not None
         )
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} "
+        line += f"{self._prefix}{record.name}: "
         line += record.getMessage() + (f"  {extras}" if extras else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -107,11 +121,14 @@ def flush_handlers(logger: logging.Logger) -> None:
         current = current.parent if current.propagate else None
 
 
-def setup_logging(log_format: str, level: int = logging.INFO) -> None:
+def setup_logging(
+    log_format: str, level: int = logging.INFO, *, service: str | None = None
+) -> None:
+    """Log to stderr in `log_format`; every line names `service`, the process's service."""
     # No formatter prints the process, thread or process name: don't look them up per record.
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     handler = AccessBufferingHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else ConsoleFormatter()
+    formatter = (JsonFormatter if log_format == "json" else ConsoleFormatter)(service)
     formatter.converter = __import__("time").gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -176,7 +176,6 @@ async def serve(
     log.info(
         "serving",
         extra={
-            "service": definition.name,
             "addr": settings.grpc_addr,
             "port": running.port,
             "tls": settings.tls is not None,

@@ -24,7 +24,7 @@ def _worker(definition: ServiceDefinition, env: Mapping[str, str], index: int) -
     # Settings are rebuilt here rather than pickled: a loaded public key does not pickle.
     settings = load_settings(definition.name, definition.default_addr, env)
     settings = dataclasses.replace(settings, worker_index=index)
-    setup_logging(settings.log_format)
+    setup_logging(settings.log_format, service=definition.name)
     served_by = ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}")
     run_loop(serve(definition, settings, [served_by]), settings)
 
