@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from common.metrics import ServerMetrics, metrics_port_for
 log = logging.getLogger("server")
 
 MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
+FORCED_EXIT = "second signal while draining: exiting now"
 
 Register = Callable[[aio.Server, Database], None]
 Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
@@ -185,12 +190,27 @@ async def serve(
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # With several workers the parent process decides when a second signal means now
+    # (common.workers): a worker may get each signal twice, once from a Ctrl-C sent to the
+    # whole process group and once more from the parent passing it on.
+    if settings.workers == 1:
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, _exit_now, sig, running.access_log)
     log.info("draining", extra={"grace_seconds": settings.grace_seconds})
     await running.shutdown(settings.grace_seconds)
     log.info("stopped")
+
+
+def _exit_now(signum: int, access_log: AccessLog) -> None:
+    """A second signal while draining: exit at once, without waiting for the calls in flight."""
+    access_log.report()  # the lines of the calls that did finish
+    log.warning(FORCED_EXIT, extra={"signal": signal.Signals(signum).name})
+    logging.shutdown()
+    # Not SystemExit: asyncio.run would then wait for the drain's tasks to be cancelled.
+    os._exit(128 + signum)
 
 
 def run_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:
