@@ -43,30 +43,35 @@ class Around:
         """Runs when the behavior raised `error`, which is raised on unless this raises."""
 
 
+# The hooks are looked up once per method, not on every call.
 def _unary(behavior: Behavior, around: Around) -> Behavior:
+    enter, checked, done, failed = around.enter, around.request, around.done, around.failed
+
     async def call(request: Any, context: Context) -> Any:
-        state = await around.enter(context)
+        state = await enter(context)
         try:
-            response = await behavior(around.request(request), context)
+            response = await behavior(checked(request), context)
         except BaseException as error:
-            await around.failed(state, context, error)
+            await failed(state, context, error)
             raise
-        around.done(state)
+        done(state)
         return response
 
     return call
 
 
 def _stream(behavior: Behavior, around: Around) -> Behavior:
+    enter, checked, done, failed = around.enter, around.request, around.done, around.failed
+
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-        state = await around.enter(context)
+        state = await enter(context)
         try:
-            async for response in behavior(around.request(request), context):
+            async for response in behavior(checked(request), context):
                 yield response
         except BaseException as error:
-            await around.failed(state, context, error)
+            await failed(state, context, error)
             raise
-        around.done(state)
+        done(state)
 
     return call
 
