@@ -66,7 +66,8 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = args.database_url
     named = env.get("DATABASE_URL") or None
     if args.command == "migrate":
-        setup_logging(env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json"))
+        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        setup_logging(log_format, service=definition.name)
         try:
             serve_url = migrate(definition, env)
         except Exception as exc:
@@ -81,7 +82,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_format)
+    setup_logging(settings.log_format, service=definition.name)
     if named is None:
         # The embedded default is started here, migrated and served as its app role; a
         # named server is migrated by an explicit step.

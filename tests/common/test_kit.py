@@ -253,8 +253,8 @@ class _Metadata:
 
 
 def test_request_ids_are_the_callers_or_new_and_distinct() -> None:
-    from common.interceptors import _request_id
+    from common.accesslog import request_id
 
-    assert _request_id(_Metadata(("x-request-id", "req-7"))) == "req-7"  # type: ignore[arg-type]
-    generated = {_request_id(_Metadata()) for _ in range(1000)}  # type: ignore[arg-type]
+    assert request_id(_Metadata(("x-request-id", "req-7"))) == "req-7"  # type: ignore[arg-type]
+    generated = {request_id(_Metadata()) for _ in range(1000)}  # type: ignore[arg-type]
     assert len(generated) == 1000 and all(len(i) == 32 for i in generated)
