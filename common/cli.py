@@ -18,11 +18,11 @@ from common.config import (
     environment_help,
     load_settings,
 )
-from common.db import embedded
+from common.db import Database, embedded
 from common.db.roles import grant_app_role
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
-from common.server import ServiceDefinition, run_loop, serve
+from common.server import ServiceDefinition, run_loop, serve, wait_for_database
 
 log = logging.getLogger("cli")
 
@@ -91,9 +91,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = url  # for the workers, when there are several
     else:
         try:
-            head = asyncio.run(
-                pending_revision(named, definition.migrations_dir, definition.version_table)
-            )
+            head = asyncio.run(_pending_once_reachable(named, definition))
         except Exception as exc:
             print(
                 f"{definition.name}: cannot read the schema version: {_reason(exc)}",
@@ -117,6 +115,17 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         log.error("failed to serve: %s", exc)
         return 1
     return 0
+
+
+async def _pending_once_reachable(url: str, definition: ServiceDefinition) -> str | None:
+    """The schema check, once the database answers: a service (re)started while its database
+    restarts too waits for it, as `serve` does, rather than exiting at once."""
+    db = Database(url)
+    try:
+        await wait_for_database(db)
+    finally:
+        await db.dispose()
+    return await pending_revision(url, definition.migrations_dir, definition.version_table)
 
 
 def migrate(definition: ServiceDefinition, env: dict[str, str]) -> str:
