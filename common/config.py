@@ -69,6 +69,9 @@ class Settings:
     log_format: str = "json"
     tls: TlsSettings | None = None
     grace_seconds: float = 10.0
+    # After SIGTERM, how long calls are still served (health already NOT_SERVING) so that
+    # load balancers and clients watching health move away first (see common.drain).
+    drain_delay_seconds: float = 5.0
     max_message_bytes: int = 8 * 1024 * 1024
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
@@ -188,6 +191,7 @@ def load_settings(
     try:
         workers = int(env.get("WORKERS", "1"))
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
+        drain_delay = float(env.get("DRAIN_DELAY_SECONDS", "5"))
         pool_size = int(env.get("DB_POOL_SIZE", "10"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
@@ -195,6 +199,12 @@ def load_settings(
         raise ConfigError("WORKERS must be at least 1")
     if pool_size < 1:
         raise ConfigError("DB_POOL_SIZE must be at least 1")
+    for name, seconds in (
+        ("SHUTDOWN_GRACE_SECONDS", grace),
+        ("DRAIN_DELAY_SECONDS", drain_delay),
+    ):
+        if not 0 <= seconds < float("inf"):
+            raise ConfigError(f"{name} must be a number of seconds, 0 or more")
     database_url = _opt(env, "DATABASE_URL")
     if database_url is not None:
         from common.db.engine import asyncpg_dsn
@@ -213,6 +223,7 @@ def load_settings(
         log_format=log_format,
         tls=_tls(env),
         grace_seconds=grace,
+        drain_delay_seconds=drain_delay,
         db_pool_size=pool_size,
         uvloop=_flag(env, "UVLOOP", default=True),
     )
@@ -280,7 +291,19 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "TLS_CLIENT_CA_FILE", "CA that client certificates must chain to (mTLS)", "unset: no mTLS"
     ),
-    Variable("SHUTDOWN_GRACE_SECONDS", "how long in-flight RPCs may finish after SIGTERM", "10"),
+    Variable(
+        "DRAIN_DELAY_SECONDS",
+        "after SIGTERM, how long calls are still served while health says NOT_SERVING, so "
+        "load balancers and clients move away first (Kubernetes takes a few seconds to drop "
+        "an endpoint); then new calls are refused with UNAVAILABLE",
+        "5",
+    ),
+    Variable(
+        "SHUTDOWN_GRACE_SECONDS",
+        "how long calls in flight may finish once new ones are refused (after the drain "
+        "delay); calls still running then are cancelled",
+        "10",
+    ),
     Variable(
         "DB_POOL_SIZE",
         "most PostgreSQL connections a process opens (one asyncpg pool, opened on demand)",

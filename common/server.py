@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from common.accesslog import AccessLog, RpcObserver
@@ -22,7 +22,9 @@ from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.authn import AuthInterceptor
 from common.config import Settings
 from common.db import Database
+from common.db.engine import CLOSE_TIMEOUT_SECONDS
 from common.db.roles import RoleError, serving_risks
+from common.drain import Admission, DrainingHealth
 from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
 from common.metrics import ServerMetrics, metrics_port_for
@@ -58,21 +60,51 @@ class ServiceDefinition:
 class RunningServer:
     server: aio.Server
     port: int
-    health: Any
+    health: DrainingHealth
     db: Database
     access_log: AccessLog
+    admission: Admission
     extra_shutdown: list[Callable[[], object]] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
 
-    async def shutdown(self, grace: float) -> None:
-        """Health NOT_SERVING first, then let in-flight RPCs finish within `grace` seconds."""
+    async def shutdown(self, grace: float, delay: float = 0.0) -> None:
+        """The drain (common.drain says why in this order):
+        1. health NOT_SERVING, at once;
+        2. calls still served for `delay` seconds, while clients and load balancers that
+           watch health (or drop the endpoint) move away;
+        3. new calls refused with UNAVAILABLE; the calls in flight finish within `grace`;
+        4. health watches ended, gRPC stopped (calls still running after `grace` cancelled)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.admission.refuse()
+        in_flight, started = self.admission.in_flight, time.monotonic()
+        log.info("refusing new calls", extra={"in_flight": in_flight, "grace_seconds": grace})
+        overran = False
+        try:
+            async with asyncio.timeout(grace):
+                await self.admission.idle()
+        except TimeoutError:
+            overran = True
+            log.warning(
+                "grace period over: cancelling the calls still in flight",
+                extra={"in_flight": self.admission.in_flight, "grace_seconds": grace},
+            )
+        else:
+            if in_flight:
+                log.info(
+                    "calls in flight finished",
+                    extra={"calls": in_flight, "seconds": round(time.monotonic() - started, 3)},
+                )
+        self.health.close_watches()
+        # What remains is refusals and health answers on their way out: brief.
+        await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
         self.access_log.report()  # the last calls' metrics and lines
         for hook in self.extra_shutdown:
             hook()
-        await self.db.dispose()
+        # Past the grace the cancelled calls' connections are closed, not waited for.
+        await self.db.dispose(0 if overran else CLOSE_TIMEOUT_SECONDS)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -115,17 +147,21 @@ async def start_server(
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
     access_log = AccessLog((*observers, metrics.observe) if metrics else observers)
+    # Inside the error mapping, so a refused call is answered (and logged) like any other
+    # UNAVAILABLE; before authentication, so a stopping server spends nothing on it.
+    admission = Admission()
     server = aio.server(
         interceptors=[
             *interceptors,
             *([metrics.interceptor()] if metrics else []),
             ErrorInterceptor(definition.domain, access_log),
+            admission,
             AuthInterceptor(TokenVerifier(settings.jwt)),
         ],
         options=options,
     )
     definition.register(server, db)
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -144,7 +180,9 @@ async def start_server(
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
-    running = RunningServer(server, port, health_servicer, db, access_log, metrics=metrics)
+    running = RunningServer(
+        server, port, health_servicer, db, access_log, admission, metrics=metrics
+    )
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)
@@ -220,8 +258,14 @@ async def serve(
     if settings.workers == 1:
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, _exit_now, sig, running.access_log)
-    log.info("draining", extra={"grace_seconds": settings.grace_seconds})
-    await running.shutdown(settings.grace_seconds)
+    log.info(
+        "draining",
+        extra={
+            "delay_seconds": settings.drain_delay_seconds,
+            "grace_seconds": settings.grace_seconds,
+        },
+    )
+    await running.shutdown(settings.grace_seconds, settings.drain_delay_seconds)
     log.info("stopped")
 
 

@@ -108,13 +108,18 @@ class Database:
         idle = pool.get_idle_size()
         return {"checked_out": pool.get_size() - idle, "idle": idle, "size": self.pool_size}
 
-    async def dispose(self) -> None:
+    async def dispose(self, grace: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Close the pool, waiting up to `grace` seconds for connections still lent out;
+        then (or at once, with 0) close them regardless: their transactions roll back."""
         pool, self.pool = self.pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_SECONDS)
-            except TimeoutError:
-                pool.terminate()
+        if pool is None:
+            return
+        try:
+            if grace <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(pool.close(), grace)
+        except TimeoutError:
+            pool.terminate()
 
     def describe(self) -> dict[str, Any]:
         """Where the pool points, without credentials, for the start-up log line."""

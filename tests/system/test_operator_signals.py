@@ -24,7 +24,8 @@ from common.logs import ConsoleFormatter, JsonFormatter
 from tests.support.processes import ServiceProcess, start_service
 
 FORCED_EXIT = "second signal while draining: exiting now"
-LONG_GRACE = "60"  # the drain a Watch stream keeps going, unless cut short
+# A drain that lasts unless cut short: a long delay (calls still served), then a long grace.
+LONG_DRAIN = {"DRAIN_DELAY_SECONDS": "60", "SHUTDOWN_GRACE_SECONDS": "60"}
 
 
 async def logged(
@@ -56,13 +57,13 @@ async def watching(target: str) -> AsyncIterator[None]:
 
 @pytest.mark.asyncio
 async def test_a_second_signal_ends_a_long_drain_at_once(tmp_path: Path) -> None:
-    service = start_service("progress_service", tmp_path, SHUTDOWN_GRACE_SECONDS=LONG_GRACE)
+    service = start_service("progress_service", tmp_path, **LONG_DRAIN)
     try:
         async with watching(service.target):
             service.proc.send_signal(signal.SIGINT)
             await logged(service, lambda e: e.get("msg") == "draining")
             await asyncio.sleep(1)
-            assert service.proc.poll() is None  # still draining: the Watch is in flight
+            assert service.proc.poll() is None  # still draining
             second = time.monotonic()
             service.proc.send_signal(signal.SIGINT)
             assert await exit_code(service, 10) == 128 + signal.SIGINT
@@ -78,16 +79,14 @@ async def test_a_second_signal_ends_a_long_drain_at_once(tmp_path: Path) -> None
 
 @pytest.mark.asyncio
 async def test_with_workers_a_second_signal_stops_them_all_at_once(tmp_path: Path) -> None:
-    service = start_service(
-        "progress_service", tmp_path, WORKERS="2", SHUTDOWN_GRACE_SECONDS=LONG_GRACE
-    )
+    service = start_service("progress_service", tmp_path, WORKERS="2", **LONG_DRAIN)
     try:
         started = await logged(service, lambda e: e.get("msg") == "workers started")
         async with watching(service.target):
             service.proc.send_signal(signal.SIGTERM)
             await logged(service, lambda e: e.get("msg") == "draining")
             await asyncio.sleep(1)
-            assert service.proc.poll() is None  # the worker with the Watch is still draining
+            assert service.proc.poll() is None  # the workers are still draining
             second = time.monotonic()
             service.proc.send_signal(signal.SIGTERM)
             assert await exit_code(service, 10) == 128 + signal.SIGTERM
