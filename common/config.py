@@ -75,6 +75,8 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
+    # Longest a call waits for a lost database to come back (common.db.outage).
+    db_wait_seconds: float = 10.0
     embedded_data_dir: Path = LOCAL_DATA_DIR / "postgres"
     app_role: AppRole | None = None
     # Refuse to serve as a role that row-level security does not apply to (else: a warning).
@@ -193,6 +195,7 @@ def load_settings(
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
         drain_delay = float(env.get("DRAIN_DELAY_SECONDS", "5"))
         pool_size = int(env.get("DB_POOL_SIZE", "10"))
+        db_wait = float(env.get("DB_WAIT_SECONDS", "10"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
     if workers < 1:
@@ -202,6 +205,7 @@ def load_settings(
     for name, seconds in (
         ("SHUTDOWN_GRACE_SECONDS", grace),
         ("DRAIN_DELAY_SECONDS", drain_delay),
+        ("DB_WAIT_SECONDS", db_wait),
     ):
         if not 0 <= seconds < float("inf"):
             raise ConfigError(f"{name} must be a number of seconds, 0 or more")
@@ -225,6 +229,7 @@ def load_settings(
         grace_seconds=grace,
         drain_delay_seconds=drain_delay,
         db_pool_size=pool_size,
+        db_wait_seconds=db_wait,
         uvloop=_flag(env, "UVLOOP", default=True),
     )
 
@@ -307,6 +312,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "DB_POOL_SIZE",
         "most PostgreSQL connections a process opens (one asyncpg pool, opened on demand)",
+        "10",
+    ),
+    Variable(
+        "DB_WAIT_SECONDS",
+        "longest a call waits for an unreachable PostgreSQL (a restart, a failover) before "
+        "it is answered UNAVAILABLE; never more than half the time its deadline leaves; "
+        "0 answers at once",
         "10",
     ),
     Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),

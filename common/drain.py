@@ -18,6 +18,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
+from common.db.outage import set_call_deadline
 from common.errors import UnavailableError
 from common.handlers import Around, Context, Handler, WrappingInterceptor, service_of
 
@@ -28,7 +29,10 @@ REFUSED_REASON = "SERVER_SHUTTING_DOWN"
 class Admission(WrappingInterceptor):
     """Counts the calls in flight and, once `refuse` is called, answers new ones UNAVAILABLE
     (safe to retry: nothing of them ran). Health calls pass untouched: a stopping server must
-    still answer NOT_SERVING, and health watches last as long as a client's connection."""
+    still answer NOT_SERVING, and health watches last as long as a client's connection.
+
+    It is also the one place that sees every call start, so it hands the call's deadline to
+    the database layer, which may wait for a lost database within it (common.db.outage)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +52,7 @@ class Admission(WrappingInterceptor):
             )
         self.in_flight += 1
         self._idle.clear()
+        set_call_deadline(context.time_remaining())
 
     def done(self, state: Any) -> None:
         self._leave()

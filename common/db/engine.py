@@ -11,6 +11,7 @@ import asyncpg
 
 from common.config import ConfigError
 from common.db.errors import is_unavailable, unavailable
+from common.db.outage import Outage
 from common.db.uow import R, RepositoryFactory, UnitOfWork
 from common.tenancy import TenantScope
 
@@ -61,14 +62,17 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    """The process's pool of at most `pool_size` connections, opened on demand."""
+    """The process's pool of at most `pool_size` connections, opened on demand. A unit of work
+    that cannot begin because the database is unreachable waits up to `wait_seconds` for it
+    (less when its call's deadline is nearer; see common.db.outage)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, wait_seconds: float = 10.0) -> None:
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.pool_size = pool_size
         self.pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self.outage = Outage(self.ping, max_wait=wait_seconds)
 
     async def open(self) -> asyncpg.Pool:
         async with self._opening:
@@ -111,6 +115,7 @@ class Database:
     async def dispose(self, grace: float = CLOSE_TIMEOUT_SECONDS) -> None:
         """Close the pool, waiting up to `grace` seconds for connections still lent out;
         then (or at once, with 0) close them regardless: their transactions roll back."""
+        await self.outage.close()
         pool, self.pool = self.pool, None
         if pool is None:
             return

@@ -42,7 +42,8 @@ def _begin_sql(scope: TenantScope | None) -> str:
 class UnitOfWork(Generic[R]):
     """`async with db.unit_of_work(scope, Repository) as uow:` gives `uow.repo`; the block's
     writes last only if it calls `await uow.commit()`, and are rolled back otherwise. A lost
-    database, here or in the block, leaves as UNAVAILABLE."""
+    database is waited for while the unit begins (within the call's deadline), and leaves as
+    UNAVAILABLE if it is not back in time, or is lost once the block has begun."""
 
     __slots__ = ("_committed", "_conn", "_db", "_factory", "_scope", "executor", "repo")
 
@@ -57,20 +58,33 @@ class UnitOfWork(Generic[R]):
         self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> UnitOfWork[R]:
-        try:
-            pool = self._db.pool or await self._db.open()
-            # No timer on the wait for a connection: the call's deadline bounds it.
-            conn = self._conn = await pool.acquire()
-            self.executor = Executor(conn)
-            await conn.execute(_begin_sql(self._scope))
-        except BaseException as exc:
-            await self._release(failed=True)
-            if isinstance(exc, Exception) and is_unavailable(exc):
-                raise unavailable(exc) from exc
-            raise
+        outage, until = self._db.outage, None
+        if outage.ongoing:  # known to be gone: wait with the others rather than knock again
+            until = outage.wait_until()
+            await outage.wait(until)  # if not back in time, one try says why it failed
+        while True:
+            try:
+                await self._begin()
+                break
+            except BaseException as exc:
+                await self._release(failed=True)
+                if not (isinstance(exc, Exception) and is_unavailable(exc)):
+                    raise
+                # Nothing of this unit has reached the database: beginning again is safe.
+                # Wait for it to be back, within the call's time (common.db.outage).
+                until = outage.wait_until() if until is None else until
+                if not await outage.wait(until):
+                    raise unavailable(exc) from exc
         if self._scope is not None:
             self.repo = self._factory(self.executor, self._scope)
         return self
+
+    async def _begin(self) -> None:
+        pool = self._db.pool or await self._db.open()
+        # No timer on the wait for a connection: the call's deadline bounds it.
+        conn = self._conn = await pool.acquire()
+        self.executor = Executor(conn)
+        await conn.execute(_begin_sql(self._scope))
 
     async def commit(self) -> None:
         assert self._conn is not None
