@@ -1,10 +1,21 @@
-"""Client guidance: the service config (deadlines, retries) callers should use, and `channel()`.
+"""Client guidance: the service config (balancing, health, deadlines, retries) and `channel()`.
 
-`python -m common.client` prints the service config as JSON for clients in other languages
-(grpc-js `grpc.service_config` channel option, grpc-go `WithDefaultServiceConfig`, ...)."""
+`python -m common.client [--request-ids]` prints the service config as JSON for clients in
+other languages (grpc-js `grpc.service_config` channel option, grpc-go
+`WithDefaultServiceConfig`, ...).
+
+Two configs, because a service config names methods and cannot look inside a request:
+- the default retries reads only. A write the server applied but whose answer was lost must
+  not be applied twice: Create would duplicate, Delete would answer NOT_FOUND the second time.
+- `request_ids=True` also retries the writes that take a request id (the `request_id` field,
+  AIP-155, or `request-id` metadata on the CSV imports), whose replay the server answers with
+  the stored response. Use it only in a client that sends one on every such write: a new UUID
+  per operation, the same one on each attempt of it (gRPC's retries resend the same message).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -13,14 +24,14 @@ from typing import Any
 import grpc
 from grpc import aio
 
-# The contract's RPCs. Reads are safe to repeat; writes are not retried, because a write the
-# server applied but whose answer was lost must not be applied twice (Create would duplicate,
-# Import would re-insert, Delete would answer NOT_FOUND the second time).
+# The contract's RPCs by kind. Those not listed (DeleteUserProgressByItem) are writes without
+# a request id: never retried.
 SERVICES: dict[str, dict[str, Sequence[str]]] = {
     "progress.v1.UserProgressService": {
         "read": ("ListUserProgress",),
         "export": ("ExportUserProgressCsv",),
         "import": ("ImportUserProgressCsv",),
+        "write": ("UpsertUserProgress",),
     },
     "academic_years.v1.AcademicYearsService": {
         "read": (
@@ -31,6 +42,12 @@ SERVICES: dict[str, dict[str, Sequence[str]]] = {
         ),
         "export": ("ExportAcademicYearsCsv",),
         "import": ("ImportAcademicYearsCsv",),
+        "write": (
+            "CreateAcademicYear",
+            "UpdateAcademicYear",
+            "DeleteAcademicYear",
+            "BatchDeleteAcademicYears",
+        ),
     },
 }
 HEALTH = "grpc.health.v1.Health"
@@ -45,27 +62,37 @@ RETRY_ON_UNAVAILABLE = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+# Retries pause while more than about one attempt in eleven fails (each failure costs a token,
+# each success returns 0.1; below half of maxTokens no retry is sent), so they cannot pile onto
+# a struggling server. The bucket is large enough that a burst of failures as wide as a busy
+# client's calls in flight (a database restart fails them all at once) is still retried.
+RETRY_THROTTLING = {"maxTokens": 100, "tokenRatio": 0.1}
 
 
-def _names(service: str, methods: Sequence[str]) -> list[dict[str, str]]:
-    return [{"service": service, "method": m} for m in methods]
+def _names(kind: str) -> list[dict[str, str]]:
+    return [{"service": s, "method": m} for s, kinds in SERVICES.items() for m in kinds[kind]]
 
 
-def service_config() -> dict[str, Any]:
-    """gRPC service config: per-method deadlines, and retries on UNAVAILABLE for reads only."""
-    reads = [n for s, m in SERVICES.items() for n in _names(s, m["read"])]
-    exports = [n for s, m in SERVICES.items() for n in _names(s, m["export"])]
-    imports = [n for s, m in SERVICES.items() for n in _names(s, m["import"])]
+def service_config(*, request_ids: bool = False) -> dict[str, Any]:
+    """gRPC service config: round robin over every address of the target, skipping servers
+    whose health is not SERVING (a draining replica says so first); per-method deadlines;
+    retries on UNAVAILABLE for reads, and with `request_ids` for writes that carry one."""
+    retry_writes = {"retryPolicy": RETRY_ON_UNAVAILABLE} if request_ids else {}
+    method_config: list[dict[str, Any]] = [
+        {"name": [{"service": s} for s in SERVICES], "timeout": WRITE_TIMEOUT},
+        {"name": _names("read"), "timeout": READ_TIMEOUT, "retryPolicy": RETRY_ON_UNAVAILABLE},
+        {"name": _names("export"), "timeout": CSV_TIMEOUT, "retryPolicy": RETRY_ON_UNAVAILABLE},
+        {"name": _names("import"), "timeout": CSV_TIMEOUT, **retry_writes},
+        {"name": [{"service": HEALTH}], "timeout": "2s", "retryPolicy": RETRY_ON_UNAVAILABLE},
+    ]
+    if request_ids:
+        method_config.append({"name": _names("write"), "timeout": WRITE_TIMEOUT, **retry_writes})
     return {
-        "methodConfig": [
-            {"name": [{"service": s} for s in SERVICES], "timeout": WRITE_TIMEOUT},
-            {"name": reads, "timeout": READ_TIMEOUT, "retryPolicy": RETRY_ON_UNAVAILABLE},
-            {"name": exports, "timeout": CSV_TIMEOUT, "retryPolicy": RETRY_ON_UNAVAILABLE},
-            {"name": imports, "timeout": CSV_TIMEOUT},
-            {"name": [{"service": HEALTH}], "timeout": "2s", "retryPolicy": RETRY_ON_UNAVAILABLE},
-        ],
-        # Retries pause while most recent calls fail, so they cannot pile onto a struggling server.
-        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # "" is the whole server: both services set it, and a draining one turns it first.
+        "healthCheckConfig": {"serviceName": ""},
+        "methodConfig": method_config,
+        "retryThrottling": RETRY_THROTTLING,
     }
 
 
@@ -75,10 +102,16 @@ def channel(
     *,
     options: Sequence[tuple[str, Any]] = (),
     config: dict[str, Any] | None = None,
+    request_ids: bool = False,
 ) -> aio.Channel:
-    """An asyncio channel carrying the service config; TLS when `credentials` are given."""
+    """An asyncio channel carrying the service config; TLS when `credentials` are given.
+
+    `target` may name several replicas, `ipv4:10.0.0.1:50051,10.0.0.2:50051`, or a DNS name
+    that resolves to each of them (`dns:///progress.school.svc:50051`, e.g. a headless
+    Kubernetes Service); calls are spread over those that are up and SERVING."""
+    chosen = service_config(request_ids=request_ids) if config is None else config
     opts = [
-        ("grpc.service_config", json.dumps(service_config() if config is None else config)),
+        ("grpc.service_config", json.dumps(chosen)),
         ("grpc.enable_retries", 1),
         *options,
     ]
@@ -87,6 +120,18 @@ def channel(
     return aio.secure_channel(target, credentials, options=opts)
 
 
-if __name__ == "__main__":
-    json.dump(service_config(), sys.stdout, indent=2)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.client", description=__doc__)
+    parser.add_argument(
+        "--request-ids",
+        action="store_true",
+        help="the config that also retries writes: for clients that send a request id on each",
+    )
+    args = parser.parse_args(argv)
+    json.dump(service_config(request_ids=args.request_ids), sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
