@@ -73,6 +73,14 @@ def start_service(module: str, folder: Path, **env: str) -> ServiceProcess:
     Without DATABASE_URL in `env` the service takes the zero-setup default, the embedded
     PostgreSQL, with its data directory in `folder` (never the developer's var/postgres):
     services started on one folder share that server, and the last one to stop stops it."""
+    service = spawn_service(module, folder, **env)
+    service.wait_ready()
+    return service
+
+
+def spawn_service(module: str, folder: Path, **env: str) -> ServiceProcess:
+    """`start_service` without the wait: start several, then `wait_ready` each. GRPC_ADDR in
+    `env` picks the port (a replica restarted on its predecessor's)."""
     port = free_port()
     workers = int(env.get("WORKERS", "1"))
     defaults = {
@@ -89,7 +97,7 @@ def start_service(module: str, folder: Path, **env: str) -> ServiceProcess:
         stderr=subprocess.PIPE,
         text=True,
     )
+    port = int(full_env["GRPC_ADDR"].rsplit(":", 1)[1])
     service = ServiceProcess(module, port, proc, ready_after=workers)
     threading.Thread(target=service._read, daemon=True).start()
-    service.wait_ready()
     return service
