@@ -13,7 +13,6 @@ watches, and only then `server.stop`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -52,15 +51,12 @@ class Admission(WrappingInterceptor):
             )
         self.in_flight += 1
         self._idle.clear()
+        # Counted until its status has gone out, not merely until the handler returns.
+        # (The stubs type the callback as a class of theirs; any callable is what grpc takes.)
+        context.add_done_callback(self._leave)  # type: ignore[arg-type]
         set_call_deadline(context.time_remaining())
 
-    def done(self, state: Any) -> None:
-        self._leave()
-
-    async def failed(self, state: Any, context: Context, error: BaseException) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
+    def _leave(self, _context: Context) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from grpc import aio
@@ -21,7 +23,7 @@ from common.accesslog import AccessLog, RpcObserver
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.authn import AuthInterceptor
 from common.config import Settings
-from common.db import Database
+from common.db import Database, embedded
 from common.db.engine import CLOSE_TIMEOUT_SECONDS
 from common.db.roles import RoleError, serving_risks
 from common.drain import Admission, DrainingHealth
@@ -34,6 +36,11 @@ log = logging.getLogger("server")
 MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After the drain, how long the last answers get to leave the host before the process exits
+# (closing a socket with requests unread in it drops what it has not sent yet).
+LINGER_SECONDS = 0.2
+# In-process stops: how long gRPC's stop waits for refusals and health answers under way.
+STOP_SECONDS = 1.0
 # Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
 FORCED_EXIT = "second signal while draining: exiting now"
 
@@ -68,43 +75,54 @@ class RunningServer:
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
 
-    async def shutdown(self, grace: float, delay: float = 0.0) -> None:
-        """The drain (common.drain says why in this order):
+    async def drain(self, grace: float, delay: float = 0.0) -> bool:
+        """The drain (common.drain says why in this order); True if no call was left running:
         1. health NOT_SERVING, at once;
         2. calls still served for `delay` seconds, while clients and load balancers that
            watch health (or drop the endpoint) move away;
         3. new calls refused with UNAVAILABLE; the calls in flight finish within `grace`;
-        4. health watches ended, gRPC stopped (calls still running after `grace` cancelled)."""
+        4. health watches ended (with OK)."""
         await self.health.enter_graceful_shutdown()
         if delay > 0:
             await asyncio.sleep(delay)
         self.admission.refuse()
         in_flight, started = self.admission.in_flight, time.monotonic()
         log.info("refusing new calls", extra={"in_flight": in_flight, "grace_seconds": grace})
-        overran = False
         try:
             async with asyncio.timeout(grace):
                 await self.admission.idle()
         except TimeoutError:
-            overran = True
             log.warning(
                 "grace period over: cancelling the calls still in flight",
                 extra={"in_flight": self.admission.in_flight, "grace_seconds": grace},
             )
-        else:
-            if in_flight:
-                log.info(
-                    "calls in flight finished",
-                    extra={"calls": in_flight, "seconds": round(time.monotonic() - started, 3)},
-                )
+            self.health.close_watches()
+            return False
+        if in_flight:
+            log.info(
+                "calls in flight finished",
+                extra={"calls": in_flight, "seconds": round(time.monotonic() - started, 3)},
+            )
         self.health.close_watches()
+        return True
+
+    async def shutdown(self, grace: float, delay: float = 0.0) -> None:
+        """The drain, then gRPC's own stop: for a server run inside another program (tests).
+        A process that serves ends as `serve` does, without gRPC's stop."""
+        await self.shutdown_after_drain(await self.drain(grace, delay))
+
+    async def shutdown_after_drain(self, finished: bool) -> None:
         # What remains is refusals and health answers on their way out: brief.
-        await self.server.stop(max(grace - (time.monotonic() - started), 0.0))
-        self.access_log.report()  # the last calls' metrics and lines
+        await self.server.stop(STOP_SECONDS if finished else 0)
+        await self.release(finished)
+
+    async def release(self, finished: bool) -> None:
+        """Flush the last access lines and metrics, stop the hooks, close the pool (at once
+        when calls were cut off: their transactions roll back)."""
+        self.access_log.report()
         for hook in self.extra_shutdown:
             hook()
-        # Past the grace the cancelled calls' connections are closed, not waited for.
-        await self.db.dispose(0 if overran else CLOSE_TIMEOUT_SECONDS)
+        await self.db.dispose(CLOSE_TIMEOUT_SECONDS if finished else 0)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -269,8 +287,31 @@ async def serve(
             "grace_seconds": settings.grace_seconds,
         },
     )
-    await running.shutdown(settings.grace_seconds, settings.drain_delay_seconds)
+    finished = await running.drain(settings.grace_seconds, settings.drain_delay_seconds)
+    if embedded.in_use():
+        # Its exit handler starts pg_ctl, and a fork while gRPC's threads are busy is unsafe
+        # (gRPC says so on stderr): on this development default gRPC stops first.
+        await running.shutdown_after_drain(finished)
+        log.info("stopped")
+        return
+    await asyncio.sleep(LINGER_SECONDS)
+    await running.release(finished)
     log.info("stopped")
+    _exit_without_grpc_shutdown(0)
+
+
+def _exit_without_grpc_shutdown(code: int) -> NoReturn:
+    """End the process as a normal exit would (atexit handlers: the embedded PostgreSQL's
+    stop, exporters' flushes; logs flushed), but without gRPC's server shutdown, which also
+    runs when the server object is collected at exit. That shutdown resets every call that
+    reaches the server meanwhile, and each it had queued, and clients read those as
+    CANCELLED. Without it the kernel closes the connections, which a client reads as
+    UNAVAILABLE: safe to retry, and the drain has already answered every admitted call."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_now(signum: int, access_log: AccessLog) -> None:

@@ -42,6 +42,12 @@ def _server(data_dir: Path) -> Any:
     return _servers[data_dir]
 
 
+def in_use() -> bool:
+    """This process holds an embedded server, which an exit handler stops (when it is the last
+    user) by running pg_ctl."""
+    return bool(_servers)
+
+
 def socket_dir(data_dir: Path = DATA_DIR) -> str:
     return str(_server(data_dir).get_postmaster_info().socket_dir)
 

@@ -1,12 +1,16 @@
 """The drain, step by step, on a real server: NOT_SERVING at once, calls still served during the
 delay, then new calls refused UNAVAILABLE while those in flight finish, health watches ended
-with OK, and the server gone as soon as the last call is done."""
+with OK, and the server gone as soon as the last call is done; and, from outside, a process
+under load that no call leaves CANCELLED."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,10 +23,12 @@ from sqlalchemy import select
 
 from common.db import Database
 from common.drain import REFUSED_REASON
+from common.migrations import upgrade
 from progress_service.app import DEFINITION
 from progress_service.tables import metadata, user_progress
 from tests.conftest import Harness, start_harness
 from tests.support.callers import Caller, expect_error
+from tests.support.processes import start_service
 
 pytestmark = pytest.mark.asyncio
 
@@ -173,3 +179,60 @@ async def test_a_call_still_running_when_the_grace_ends_is_cancelled_then(
         # gRPC core's "Cancelling all calls" reaches the client as UNAVAILABLE.
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
         await lock.release()
+
+
+async def test_sigterm_under_load_answers_every_call_ok_or_unavailable(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The issue's measurement: 16 callers on plain channels (no health checks, no retries),
+    each calling again as soon as answered. Before, calls in flight and calls sent after
+    SIGTERM ended CANCELLED; now a call is served, or refused UNAVAILABLE (also when it
+    reaches the process as it exits), and every call sent before SIGTERM is served."""
+    await asyncio.to_thread(
+        upgrade, postgres_url, DEFINITION.migrations_dir, DEFINITION.version_table
+    )
+    service = await asyncio.to_thread(
+        start_service,
+        "progress_service",
+        tmp_path,
+        DATABASE_URL=postgres_url,
+        DRAIN_DELAY_SECONDS="0.5",
+    )
+    answers: list[tuple[bool, str]] = []  # (sent before SIGTERM, code)
+    signalled: list[float] = []
+    stop, warm = asyncio.Event(), asyncio.Event()
+
+    async def caller(channel: aio.Channel) -> None:
+        stub, who = progress_pb2_grpc.UserProgressServiceStub(channel), Caller()
+        n = 0
+        while not stop.is_set():
+            before = not signalled
+            n += 1
+            try:
+                await stub.UpsertUserProgress(upsert(f"k{n % 3}", "v"), metadata=who.md)
+                code = "OK"
+            except aio.AioRpcError as err:
+                code = err.code().name
+                await asyncio.sleep(0.005)
+            answers.append((before, code))
+            if len(answers) >= 200:
+                warm.set()
+
+    channels = [aio.insecure_channel(service.target) for _ in range(4)]
+    try:
+        callers = [asyncio.create_task(caller(channels[i % 4])) for i in range(16)]
+        await asyncio.wait_for(warm.wait(), 30)
+        signalled.append(time.monotonic())
+        service.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(service.proc.wait, 30) == 0
+        await asyncio.sleep(0.3)  # calls to a closed port, too
+        stop.set()
+        await asyncio.gather(*callers)
+    finally:
+        for channel in channels:
+            await channel.close()
+        service.stop()
+    codes = Counter(code for _, code in answers)
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert {code for before, code in answers if before} == {"OK"}
+    assert codes["OK"] > 200 and codes["UNAVAILABLE"] > 0
