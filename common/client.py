@@ -67,6 +67,7 @@ RETRY_ON_UNAVAILABLE = {
 # a struggling server. The bucket is large enough that a burst of failures as wide as a busy
 # client's calls in flight (a database restart fails them all at once) is still retried.
 RETRY_THROTTLING = {"maxTokens": 100, "tokenRatio": 0.1}
+DNS_MIN_SECONDS = 2
 
 
 def _names(kind: str) -> list[dict[str, str]]:
@@ -113,6 +114,10 @@ def channel(
     opts = [
         ("grpc.service_config", json.dumps(chosen)),
         ("grpc.enable_retries", 1),
+        # A DNS target is looked up again when a connection to it closes, as a replica's does
+        # when it is replaced; by default no sooner than 30 s after the last lookup, which a
+        # rolling restart outpaces (new replicas come up on new addresses).
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_SECONDS * 1000),
         *options,
     ]
     if credentials is None:

@@ -306,7 +306,7 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "SHUTDOWN_GRACE_SECONDS",
         "how long calls in flight may finish once new ones are refused (after the drain "
-        "delay); calls still running then are cancelled",
+        "delay); calls still running then are cut off and their transactions rolled back",
         "10",
     ),
     Variable(

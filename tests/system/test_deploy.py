@@ -14,6 +14,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from common import client, healthcheck
+from common.config import load_settings
 from tests.conftest import Harness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -354,3 +355,24 @@ async def test_healthcheck_probe_exits_zero_only_when_serving(
     assert await asyncio.to_thread(probe, "--service", "no.such.Service") == 1
     assert "NOT_FOUND" in capsys.readouterr().err
     assert healthcheck._target("0.0.0.0:50051") == "127.0.0.1:50051"
+
+
+def _seconds(text: str) -> float:
+    assert text.endswith("s"), text
+    return float(text[:-1])
+
+
+def test_the_deployment_gives_the_drain_its_time() -> None:
+    """The gateway notices a draining replica's NOT_SERVING before its drain delay ends, and
+    compose waits for the whole drain (delay, then grace) before it kills a service."""
+    defaults = load_settings("progress", "127.0.0.1:50051", {"JWT_SECRET": "x" * 40})
+    compose = load_yaml("docker-compose.yml")["services"]
+    for name in ("progress", "academic-years"):
+        env = dict(compose[name]["environment"])
+        delay = float(env.get("DRAIN_DELAY_SECONDS", defaults.drain_delay_seconds))
+        grace = float(env.get("SHUTDOWN_GRACE_SECONDS", defaults.grace_seconds))
+        assert _seconds(compose[name]["stop_grace_period"]) >= delay + grace + 2, name
+    for cluster in load_yaml("deploy/envoy.yaml")["static_resources"]["clusters"]:
+        [check] = cluster["health_checks"]
+        noticed = _seconds(check["interval"]) * check["unhealthy_threshold"]
+        assert noticed + _seconds(check["timeout"]) < defaults.drain_delay_seconds, cluster["name"]
