@@ -71,7 +71,7 @@ clean:
 # "--rounds 1" imports once instead of twice (taking turns with psql to go first).
 .PHONY: bench-csv
 bench-csv: install
-	$(PY) bench/csv_bench.py $(BENCH_ARGS)
+	$(PY) -m bench.csv_bench $(BENCH_ARGS)
 
 .PHONY: bench
 # Services against the bare asyncpg baseline on PostgreSQL (BENCH_DATABASE_URL, TEST_DATABASE_URL

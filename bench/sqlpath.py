@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -19,6 +18,7 @@ from sqlalchemy import make_url
 from bench import baseline, data
 from bench.baseline_ay import begin_as
 from bench.run import DEFAULT_URL
+from bench.scratch import scratch_database
 from common.auth import Principal
 from common.db import Database
 from common.migrations import upgrade
@@ -94,28 +94,24 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
     return {name: min(values) for name, values in results.items()}
 
 
-async def main() -> None:
-    base = make_url(
+async def run(sa_url: str) -> None:
+    """Migrate and seed the fresh database `sa_url`, then measure and print each layer."""
+    dsn = make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade, sa_url, DEFINITION.migrations_dir, DEFINITION.version_table)
+    await data.seed_progress(dsn, 0, 10, 1000)
+    for layer, cpu in (await measure(dsn, sa_url, 2000)).items():
+        print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
+
+
+def main() -> None:
+    import uvloop
+
+    server = (
         os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
     )
-    name = f"bench_sqlpath_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(False))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = base.set(drivername="postgresql", database=name).render_as_string(False)
-    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
-    try:
-        await asyncio.to_thread(
-            upgrade, sa_url, DEFINITION.migrations_dir, DEFINITION.version_table
-        )
-        await data.seed_progress(dsn, 0, 10, 1000)
-        for layer, cpu in (await measure(dsn, sa_url, 2000)).items():
-            print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    with scratch_database(server, prefix="bench_sqlpath") as sa_url:
+        uvloop.run(run(sa_url))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main())
+    main()

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from academic_years_service.app import DEFINITION
+from bench.scratch import scratch_database
 from common.migrations import upgrade
-from tests.support.databases import head_revision, scratch_database
+from tests.support.databases import head_revision
 
 INDEXES = {
     "academic_years_org_created",

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.network import free_port
+from bench.scratch import free_port
 
 
 def _bin_dir() -> Path | None:

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.scratch import free_port, scratch_database
 from tests.conftest import ROOT
-from tests.support.databases import head_revision, scratch_database
-from tests.support.network import free_port
+from tests.support.databases import head_revision
 
 
 def run(
