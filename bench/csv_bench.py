@@ -216,8 +216,7 @@ def report(r: dict[str, float]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--flat-memory", action="store_true",
                         help="also run twice the rows and compare the peak RSS")  # fmt: skip
@@ -227,7 +226,9 @@ def main() -> int:
                         help="run psql \\copy in before the service's import")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2,
                         help="import rounds, taking turns to go first")  # fmt: skip
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> int:
     results = [run(args.admin_url, args.rows, args.psql_first, args.rounds)]
     report(results[0])
     if args.flat_memory:
@@ -236,7 +237,3 @@ def main() -> int:
         a, b = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
         print(f"\npeak RSS {a:.1f} MB for {args.rows:,} rows, {b:.1f} MB for {args.rows * 2:,}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -235,8 +235,7 @@ def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
     return name, Path(source) if source else None, env
 
 
-def parse_options(argv: list[str] | None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small counts: checks the harness only")
     p.add_argument("--rounds", type=int, help="rounds per case (targets alternate in each)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
@@ -252,7 +251,9 @@ def parse_options(argv: list[str] | None) -> Options:
         help="extra service target: name[@source_dir][:KEY=VALUE,...]",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
-    a = p.parse_args(argv)
+
+
+def options_from(a: argparse.Namespace) -> Options:
     if a.quick:
         sizes = {
             "rounds": 1,
@@ -293,8 +294,8 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
+def main(args: argparse.Namespace) -> int:
+    options = options_from(args)
     options.out.mkdir(parents=True, exist_ok=True)
     server = (
         os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL

@@ -1,4 +1,4 @@
-"""`python -m bench.sqlpath`: CPU per progress list call through each layer, in one process.
+"""`python -m bench sqlpath`: CPU per progress list call through each layer, in one process.
 
 Sequential calls on one connection, so only the client-side cost differs: raw asyncpg, the same
 statements through SQLAlchemy's async engine, the repository on either path, and the service
@@ -7,6 +7,7 @@ statements through SQLAlchemy's async engine, the repository on either path, and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import time
@@ -103,7 +104,7 @@ async def run(sa_url: str) -> None:
         print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
 
 
-def main() -> None:
+def main(_args: argparse.Namespace) -> int:
     import uvloop
 
     server = (
@@ -111,7 +112,4 @@ def main() -> None:
     )
     with scratch_database(server, prefix="bench_sqlpath") as sa_url:
         uvloop.run(run(sa_url))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

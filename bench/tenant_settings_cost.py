@@ -1,14 +1,14 @@
 """Cost of naming the tenant at the start of each transaction (row-level security settings).
 
-Usage: .venv/bin/python bench/tenant_settings_cost.py postgresql+asyncpg://postgres@127.0.0.1/db
+Usage: .venv/bin/python -m bench tenant-settings postgresql+asyncpg://postgres@127.0.0.1/db
 Runs the same read transaction with and without a principal, interleaved, and prints both.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
-import sys
 import time
 import uuid
 
@@ -29,7 +29,7 @@ async def timed(db: Database, principal: Principal | None) -> float:
     return (time.perf_counter() - started) / PER_ROUND * 1e6
 
 
-async def main(url: str) -> None:
+async def measure(url: str) -> None:
     db = Database(url, pool_size=1)
     await timed(db, WHO)  # warm the pool and statement caches
     plain, scoped = [], []
@@ -43,5 +43,10 @@ async def main(url: str) -> None:
     print(f"added per transaction:         {s - p:.0f} us ({s / p:.2f}x)")
 
 
-if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="a SQLAlchemy URL, e.g. postgresql+asyncpg://postgres@host/db")
+
+
+def main(args: argparse.Namespace) -> int:
+    asyncio.run(measure(args.url))
+    return 0
