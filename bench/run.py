@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from bench.cases import (
 )
 from bench.load import LoadGenerator, Record
 from bench.report import check_targets, print_table, summarise
+from bench.scratch import scratch_database
 from bench.servers import REPO_ROOT, Server, Target
 from common.migrations import upgrade
 
@@ -158,26 +158,15 @@ def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, 
     ]
 
 
-async def run(options: Options) -> dict[str, Any]:
-    base = make_url(
-        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
-    )
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    dsn = base.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
-    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+async def run(options: Options, sa_url: str) -> dict[str, Any]:
+    """The whole run on the fresh database `sa_url`; every server is stopped before returning."""
+    dsn = make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
     servers: list[Server] = []
     try:
         return await _run_in(options, dsn, sa_url, servers)
     finally:
         for server in servers:
             server.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def start_targets(
@@ -246,8 +235,7 @@ def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
     return name, Path(source) if source else None, env
 
 
-def parse_options(argv: list[str] | None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small counts: checks the harness only")
     p.add_argument("--rounds", type=int, help="rounds per case (targets alternate in each)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
@@ -263,7 +251,9 @@ def parse_options(argv: list[str] | None) -> Options:
         help="extra service target: name[@source_dir][:KEY=VALUE,...]",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
-    a = p.parse_args(argv)
+
+
+def options_from(a: argparse.Namespace) -> Options:
     if a.quick:
         sizes = {
             "rounds": 1,
@@ -304,15 +294,19 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
+def main(args: argparse.Namespace) -> int:
+    options = options_from(args)
     options.out.mkdir(parents=True, exist_ok=True)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(options))
-    else:
-        result = uvloop.run(run(options))
+    server = (
+        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
+    )
+    with scratch_database(server, prefix="bench") as sa_url:
+        try:
+            import uvloop
+        except ImportError:
+            result = asyncio.run(run(options, sa_url))
+        else:
+            result = uvloop.run(run(options, sa_url))
     print_table(result["summary"], result["targets"])
     path = options.out / "results.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.scratch import free_port
 from tests.support.callers import SECRET
-from tests.support.network import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,6 +28,7 @@ from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 from sqlalchemy import bindparam, func, select, text
 
+from bench.scratch import free_port
 from common.db import Database, UnitOfWork
 from common.migrations import upgrade
 from common.server import RunningServer, start_server
@@ -36,7 +37,6 @@ from progress_service.tables import user_progress
 from tests.conftest import ROOT
 from tests.conftest import test_settings as settings_for
 from tests.support.callers import Caller
-from tests.support.network import free_port
 from tests.support.pgcluster import PrivateCluster, unavailable_reason
 from tests.support.processes import service_env
 

@@ -26,10 +26,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from tests.conftest import ROOT
 from tests.support.callers import Caller
-from tests.support.databases import head_revision, scratch_database
+from tests.support.databases import head_revision
 from tests.support.processes import ServiceProcess, private_pgdata, service_env, start_service
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
