@@ -11,8 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_benchmark_writes_a_result_for_every_case_and_target(tmp_path: Path) -> None:
-    env = {**os.environ, "BENCH_DATABASE_URL": os.environ["TEST_DATABASE_URL"]}
+def test_quick_benchmark_writes_a_result_for_every_case_and_target(
+    tmp_path: Path, server_url: str
+) -> None:
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
     done = subprocess.run(  # noqa: S603  # our own interpreter and module
         [sys.executable, "-m", "bench", "rpc", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
