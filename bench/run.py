@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -57,8 +58,9 @@ class Options:
 
 
 class Bench:
-    def __init__(self, options: Options, targets: dict[str, dict[str, Server]]) -> None:
+    def __init__(self, options: Options, targets: dict[str, dict[str, Server]], dsn: str) -> None:
         self.options = options
+        self.dsn = dsn
         self.targets = targets  # target name -> service ("progress", "ay") -> its server
         self.records: list[Record] = []
         self._runs = 0
@@ -69,11 +71,13 @@ class Bench:
         o = self.options
         self._runs += 1
         calls = build(self._runs, o.warmup + o.requests)
-        async with LoadGenerator(
-            server.addr, channels=o.channels, concurrency=o.concurrency
-        ) as gen:
+        async with (
+            LoadGenerator(server.addr, channels=o.channels, concurrency=o.concurrency) as gen,
+            ConnectionSampler(self.dsn) as connections,
+        ):
             await gen.run(calls[: o.warmup])
             cpu0, client0 = server.cpu_seconds(), time.process_time()
+            connections.reset()
             result = await gen.run(calls[o.warmup :])
             cpu = server.cpu_seconds() - cpu0
             client = time.process_time() - client0
@@ -90,13 +94,15 @@ class Bench:
             server_cpu_s=round(cpu, 3),
             server_cpu_us_per_req=round(cpu / result.requests * 1e6, 1),
             client_cpu_s=round(client, 3),
+            db_connections=connections.most(server.pids()),
         )
         self.records.append(record)
         print(
             f"  {case:<22} {record.target:<18} round {rnd}: {record.rps:8.1f} rps"
             f"  p50 {record.p50_ms:7.2f} ms  p99 {record.p99_ms:7.2f} ms"
             f"  cpu {record.server_cpu_us_per_req:7.1f} us/req"
-            f"  errors {sum(result.errors.values())}",
+            f"  errors {sum(result.errors.values())}"
+            f"  db conns {record.db_connections if record.db_connections is not None else '-'}",
             flush=True,
         )
         return record
@@ -110,6 +116,47 @@ class Bench:
             shift = rnd % len(names)
             for target in names[shift:] + names[:shift]:
                 await self.measure(name, target, self.targets[target][service], build, rnd)
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity every 50 ms while a round runs: the most connections each
+    named process (application_name `<service>/<pid>`) held at once."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._most: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ConnectionSampler:
+        self._conn = await asyncpg.connect(self._dsn)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._conn.close()
+
+    def reset(self) -> None:
+        self._most.clear()
+
+    async def _sample(self) -> None:
+        while True:
+            rows = await self._conn.fetch(
+                "SELECT application_name, count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE '%/%'"
+                " GROUP BY application_name"
+            )
+            for name, count in rows:
+                self._most[name] = max(self._most.get(name, 0), count)
+            await asyncio.sleep(0.05)
+
+    def most(self, pids: list[int]) -> int | None:
+        """The most connections any one of `pids` held, or None if none of them is named."""
+        counts = [n for name, n in self._most.items() if int(name.rsplit("/", 1)[1]) in pids]
+        return max(counts) if counts else None
 
 
 def cpu_model() -> str:
@@ -200,7 +247,7 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
     await data.seed_academic_years(dsn, 2, o.ay_years, o.ay_with_refs, 5, 3)
     await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
     small_rows = await data.count_rows(dsn, "user_progress")
-    bench = Bench(o, await start_targets(o, dsn, sa_url, servers))
+    bench = Bench(o, await start_targets(o, dsn, sa_url, servers), dsn)
     ids = Identities()
     print(f"list on {small_rows} rows", flush=True)
     await bench.case("progress.list@10k", "progress", list_calls(ids, o.list_users))

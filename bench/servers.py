@@ -88,6 +88,10 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.target.name} did not start in {within} s")
 
+    def pids(self) -> list[int]:
+        """The server's process and its live descendants (the WORKERS>1 children)."""
+        return [self.process.pid, *_descendants(self.process.pid)]
+
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
 
