@@ -31,6 +31,7 @@ from bench.load import LoadGenerator, Record
 from bench.report import check_targets, print_table, summarise
 from bench.scratch import scratch_database
 from bench.servers import REPO_ROOT, Server, Target
+from common.db import sqlalchemy_url
 from common.migrations import upgrade
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -187,7 +188,14 @@ SERVICES = {"progress": "progress_service", "ay": "academic_years_service"}
 
 def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, Target]]]:
     """Each service target is one process per service, as deployed."""
-    env = {"DATABASE_URL": sa_url, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", "WORKERS": "1"}
+    # The postgresql+asyncpg:// form: every build reads it, also one from before the services
+    # took plain postgresql:// URLs (a `before@…` variant).
+    env = {
+        "DATABASE_URL": sqlalchemy_url(sa_url),
+        "JWT_SECRET": SECRET,
+        "LOG_FORMAT": "json",
+        "WORKERS": "1",
+    }
     variants: list[tuple[str, Path, dict[str, str]]] = [("service", REPO_ROOT, env)]
     if options.workers2:
         variants.append(("service-workers2", REPO_ROOT, {**env, "WORKERS": "2"}))
