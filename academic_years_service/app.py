@@ -9,13 +9,14 @@ from grpc import aio
 
 from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
+from common.config import Settings
 from common.db import Database
 from common.server import ServiceDefinition
 
 SERVICE_NAME = academic_years_pb2.DESCRIPTOR.services_by_name["AcademicYearsService"].full_name
 
 
-def register(server: aio.Server, db: Database) -> None:
+def register(server: aio.Server, db: Database, _settings: Settings) -> None:
     academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(
         AcademicYearsServicer(AcademicYearsService(db)), server
     )

@@ -35,7 +35,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
 FORCED_EXIT = "second signal while draining: exiting now"
 
-Register = Callable[[aio.Server, Database], None]
+# Adds a service's servicers to the server, built on the database and the settings' limits.
+Register = Callable[[aio.Server, Database, Settings], None]
 Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
 
 
@@ -128,7 +129,7 @@ async def start_server(
         ],
         options=options,
     )
-    definition.register(server, db)
+    definition.register(server, db, settings)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

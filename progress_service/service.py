@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 from common.auth import Principal
+from common.config import Limits
 from common.csvstream import CsvLimits, CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database
@@ -12,20 +13,24 @@ from common.errors import ValidationError
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
 from common.validation import text_violations
-from progress_service.csv import CSV_COLUMNS, CSV_HEADER, STAGING, ProgressCsvRepository
+from progress_service.csv import CSV_HEADER, STAGING, ProgressCsvRepository, csv_columns
 from progress_service.domain import ImportSummary, Page, UserProgress, UserProgressInput
 from progress_service.repository import UserProgressRepository
 from progress_service.validation import check_progress_type, clean_item_id, validate_input
 
 
 class UserProgressService:
-    def __init__(self, db: Database, csv_limits: CsvLimits | None = None) -> None:
+    def __init__(
+        self, db: Database, limits: Limits | None = None, csv_limits: CsvLimits | None = None
+    ) -> None:
         self._db = db
+        self._limits = limits or Limits()
+        self._csv_columns = csv_columns(self._limits)
         self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         scope = tenant_scope(principal)
-        clean = validate_input(data)
+        clean = validate_input(data, self._limits)
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
             record, _created = await uow.repo.upsert(clean)
             await uow.commit()
@@ -68,7 +73,7 @@ class UserProgressService:
         scope = tenant_scope(principal)
         scope.writable_organization()
         reader = CsvReader(
-            chunks, CSV_COLUMNS, limits=self._csv_limits, label="user_progress import"
+            chunks, self._csv_columns, limits=self._csv_limits, label="user_progress import"
         )
         created, updated = await import_csv(
             self._db, scope, ProgressCsvRepository, reader, STAGING, lambda r: r.apply_import()
