@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import replace
 
 from common.auth import Principal
 from common.config import Limits
@@ -12,11 +13,40 @@ from common.db import Database
 from common.errors import ValidationError
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
-from common.validation import text_violations
+from common.validation import json_problem, text_violations
 from progress_service.csv import CSV_HEADER, STAGING, ProgressCsvRepository, csv_columns
 from progress_service.domain import ImportSummary, Page, UserProgress, UserProgressInput
+from progress_service.limits import TRUNCATABLE, read_caps
 from progress_service.repository import UserProgressRepository
-from progress_service.validation import check_progress_type, clean_item_id, validate_input
+from progress_service.validation import (
+    MAX_ITEM_ID_LENGTH,
+    check_progress_type,
+    clean_item_id,
+    validate_input,
+)
+
+
+def as_read(row: UserProgress, limits: Limits) -> UserProgress:
+    """`row` as a read answers with it. A row stored before today's limits may pass them:
+    its item_id and value are cut to their limits and metadata past its limits left out,
+    each named in `truncated`, so that a page of such rows still fits one message; the
+    stored row stays whole (the CSV export carries it)."""
+    cut = set(row.truncated)
+    item_id, value, metadata = row.item_id, row.value, row.metadata
+    if len(item_id) > MAX_ITEM_ID_LENGTH:
+        item_id = item_id[:MAX_ITEM_ID_LENGTH]
+        cut.add("item_id")
+    if value is not None and len(value) > limits.progress_value_max_chars:
+        value = value[: limits.progress_value_max_chars]
+        cut.add("value")
+    max_bytes, max_depth = limits.progress_metadata_max_bytes, limits.progress_metadata_max_depth
+    if metadata is not None and json_problem(metadata, max_bytes, max_depth):
+        metadata = None
+        cut.add("metadata")
+    if not cut:
+        return row
+    truncated = tuple(name for name in TRUNCATABLE if name in cut)
+    return replace(row, item_id=item_id, value=value, metadata=metadata, truncated=truncated)
 
 
 class UserProgressService:
@@ -25,6 +55,7 @@ class UserProgressService:
     ) -> None:
         self._db = db
         self._limits = limits or Limits()
+        self._caps = read_caps(self._limits)
         self._csv_columns = csv_columns(self._limits)
         self._csv_limits = csv_limits or CsvLimits.from_env()
 
@@ -53,8 +84,8 @@ class UserProgressService:
             raise ValidationError(violations)
         paging = resolve_pagination(limit, page)
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
-            rows, count = await uow.repo.list(progress_type, item_id, paging)
-        return Page(rows, count)
+            rows, count = await uow.repo.list(progress_type, item_id, paging, self._caps)
+        return Page([as_read(row, self._limits) for row in rows], count)
 
     async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
         scope = tenant_scope(principal)
