@@ -16,9 +16,10 @@ from common.server import ServiceDefinition
 SERVICE_NAME = academic_years_pb2.DESCRIPTOR.services_by_name["AcademicYearsService"].full_name
 
 
-def register(server: aio.Server, db: Database, _settings: Settings) -> None:
+def register(server: aio.Server, db: Database, settings: Settings) -> None:
+    service = AcademicYearsService(db, settings.limits)
     academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(
-        AcademicYearsServicer(AcademicYearsService(db)), server
+        AcademicYearsServicer(service), server
     )
 
 

@@ -58,7 +58,7 @@ EMBEDDED_APP_ROLE = AppRole("school_app")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on what a caller may store, so that what it stores fits the responses."""
+    """Bounds on what a caller may store and on what one response carries."""
 
     # A progress value is a short answer (a sign, a zone); 4096 characters is far beyond it.
     progress_value_max_chars: int = 4096
@@ -66,12 +66,15 @@ class Limits:
     progress_metadata_max_bytes: int = 32 * 1024
     # JSON nesting (a scalar is 0, {"a": 1} is 1): 16 leaves protobuf decoders half their depth.
     progress_metadata_max_depth: int = 16
+    # Classes and timetables a GetAcademicYear returns of each (the first ones by name).
+    academic_year_max_references: int = 1000
 
 
 LIMIT_VARIABLES = {
     "PROGRESS_VALUE_MAX_CHARS": "progress_value_max_chars",
     "PROGRESS_METADATA_MAX_BYTES": "progress_metadata_max_bytes",
     "PROGRESS_METADATA_MAX_DEPTH": "progress_metadata_max_depth",
+    "ACADEMIC_YEARS_GET_MAX_REFERENCES": "academic_year_max_references",
 }
 
 
@@ -366,6 +369,11 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "PROGRESS_METADATA_MAX_DEPTH",
         "deepest nesting of objects and arrays in progress `metadata`",
         "16",
+    ),
+    Variable(
+        "ACADEMIC_YEARS_GET_MAX_REFERENCES",
+        "classes, and timetables, GetAcademicYear returns: the first ones by name",
+        "1000",
     ),
 )
 
