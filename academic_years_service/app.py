@@ -7,6 +7,7 @@ from pathlib import Path
 from academic_years.v1 import academic_years_pb2, academic_years_pb2_grpc
 from grpc import aio
 
+from academic_years_service.limits import response_bounds
 from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
 from common.config import Settings
@@ -38,4 +39,5 @@ DEFINITION = ServiceDefinition(
         "classes": "SELECT",
         "timetables": "SELECT",
     },
+    response_bounds=response_bounds,
 )

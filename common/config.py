@@ -58,7 +58,8 @@ EMBEDDED_APP_ROLE = AppRole("school_app")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on what a caller may store and on what one response carries."""
+    """Bounds on what a caller may store and on what one response carries; `common.limits`
+    checks at start-up that the largest response they allow fits the message limit."""
 
     # A progress value is a short answer (a sign, a zone); 4096 characters is far beyond it.
     progress_value_max_chars: int = 4096
@@ -367,7 +368,7 @@ ENVIRONMENT: tuple[Variable, ...] = (
     ),
     Variable(
         "PROGRESS_METADATA_MAX_DEPTH",
-        "deepest nesting of objects and arrays in progress `metadata`",
+        "deepest nesting of objects and arrays in progress `metadata` (at most 32)",
         "16",
     ),
     Variable(

@@ -10,6 +10,7 @@ from progress.v1 import progress_pb2, progress_pb2_grpc
 from common.config import Settings
 from common.db import Database
 from common.server import ServiceDefinition
+from progress_service.limits import response_bounds
 from progress_service.service import UserProgressService
 from progress_service.servicer import UserProgressServicer
 
@@ -32,4 +33,5 @@ DEFINITION = ServiceDefinition(
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_progress",
     app_grants={"user_progress": "SELECT, INSERT, UPDATE, DELETE"},
+    response_bounds=response_bounds,
 )
