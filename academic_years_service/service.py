@@ -34,7 +34,7 @@ from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.statements import SORT_COLUMNS
 from common.auth import Principal
 from common.config import Limits
-from common.csvstream import CsvLimits, CsvReader
+from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
@@ -181,12 +181,10 @@ def as_read(year: AcademicYear, max_references: int) -> AcademicYear:
 
 
 class AcademicYearsService:
-    def __init__(
-        self, db: Database, limits: Limits | None = None, csv_limits: CsvLimits | None = None
-    ) -> None:
+    def __init__(self, db: Database, limits: Limits | None = None) -> None:
         self._db = db
-        self._max_references = (limits or Limits()).academic_year_max_references
-        self._csv_limits = csv_limits or CsvLimits.from_env()
+        self._limits = limits or Limits()
+        self._max_references = self._limits.academic_year_max_references
 
     def _read(self, year: AcademicYear) -> AcademicYear:
         return as_read(year, self._max_references)
@@ -293,9 +291,7 @@ class AcademicYearsService:
         unless every row is valid."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
-        reader = CsvReader(
-            chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
-        )
+        reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
         async def apply(repository: AcademicYearsCsvRepository) -> int:
             if reader.present("id"):

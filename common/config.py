@@ -69,6 +69,10 @@ class Limits:
     progress_metadata_max_depth: int = 16
     # Classes and timetables a GetAcademicYear returns of each (the first ones by name).
     academic_year_max_references: int = 1000
+    # The largest CSV upload (RESOURCE_EXHAUSTED beyond), and the longest record: a quoted
+    # field may span lines, but not without end.
+    csv_max_bytes: int = 1 << 30
+    csv_max_record_chars: int = 1 << 20
 
 
 LIMIT_VARIABLES = {
@@ -76,6 +80,7 @@ LIMIT_VARIABLES = {
     "PROGRESS_METADATA_MAX_BYTES": "progress_metadata_max_bytes",
     "PROGRESS_METADATA_MAX_DEPTH": "progress_metadata_max_depth",
     "ACADEMIC_YEARS_GET_MAX_REFERENCES": "academic_year_max_references",
+    "CSV_MAX_BYTES": "csv_max_bytes",
 }
 
 
@@ -268,7 +273,7 @@ class Variable:
     default: str  # as a person reads it; `tests/test_config_docs.py` checks it is the real one
 
 
-# Every variable load_settings (and CsvLimits.from_env) reads, in the order people look for them.
+# Every variable load_settings reads, in the order people look for them.
 # `--help` of each service and README's configuration table are generated from this list
 # (`make docs`); a test fails when either, or load_settings, drifts from it.
 ENVIRONMENT: tuple[Variable, ...] = (

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from common.auth import Principal
 from common.config import Limits
-from common.csvstream import CsvLimits, CsvReader
+from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database
 from common.errors import ValidationError
@@ -50,14 +50,11 @@ def as_read(row: UserProgress, limits: Limits) -> UserProgress:
 
 
 class UserProgressService:
-    def __init__(
-        self, db: Database, limits: Limits | None = None, csv_limits: CsvLimits | None = None
-    ) -> None:
+    def __init__(self, db: Database, limits: Limits | None = None) -> None:
         self._db = db
         self._limits = limits or Limits()
         self._caps = read_caps(self._limits)
         self._csv_columns = csv_columns(self._limits)
-        self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         scope = tenant_scope(principal)
@@ -104,7 +101,7 @@ class UserProgressService:
         scope = tenant_scope(principal)
         scope.writable_organization()
         reader = CsvReader(
-            chunks, self._csv_columns, limits=self._csv_limits, label="user_progress import"
+            chunks, self._csv_columns, limits=self._limits, label="user_progress import"
         )
         created, updated = await import_csv(
             self._db, scope, ProgressCsvRepository, reader, STAGING, lambda r: r.apply_import()

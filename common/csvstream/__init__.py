@@ -14,7 +14,6 @@ from common.csvstream.cells import (
 from common.csvstream.export import stream_csv
 from common.csvstream.httpbody import body_bytes, csv_bodies
 from common.csvstream.reader import CsvColumn, CsvReader
-from common.csvstream.settings import CsvLimits
 from common.csvstream.writer import (
     CHUNK_BYTES,
     CONTENT_TYPE,
@@ -29,7 +28,6 @@ __all__ = [
     "CONTENT_TYPE",
     "CellError",
     "CsvColumn",
-    "CsvLimits",
     "CsvReader",
     "body_bytes",
     "boolean",
