@@ -7,7 +7,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from academic_years_service import parsing
 from academic_years_service.csv import (
     CSV_COLUMNS,
-    EXPORT_HEADER,
     STAGING,
     AcademicYearsCsvRepository,
 )
@@ -29,7 +28,7 @@ from academic_years_service.domain import (
     Suggestion,
 )
 from academic_years_service.repository import AcademicYearsRepository
-from academic_years_service.statements import SORT_COLUMNS
+from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
 from common.auth import Principal
 from common.csvstream import CsvLimits, CsvReader
 from common.csvstream.transfer import export_csv, import_csv
@@ -108,6 +107,29 @@ def parse_filter(request: FilterRequest) -> tuple[AcademicYearFilter, Ordering]:
     if violations:
         raise ValidationError(violations)
     return f, ordering
+
+
+def export_columns(given: Sequence[str]) -> tuple[str, ...]:
+    """The export's columns in the order given (an entry may hold several, comma-separated),
+    or the default; an unknown or repeated column is a ValidationError naming its entry."""
+    violations: list[FieldViolation] = []
+    columns: list[str] = []
+    for i, entry in enumerate(given):
+        for name in (n.strip() for n in entry.split(",")):
+            if not name:
+                continue
+            if name not in EXPORT_CELLS:
+                known = ", ".join(EXPORT_CELLS)
+                violations.append(
+                    FieldViolation(f"columns[{i}]", f"{name[:20]!r} is not one of {known}")
+                )
+            elif name in columns:
+                violations.append(FieldViolation(f"columns[{i}]", f"repeats {name}"))
+            else:
+                columns.append(name)
+    if violations:
+        raise ValidationError(violations)
+    return tuple(columns) or EXPORT_DEFAULT
 
 
 def _id(value: str, field: str) -> str:
@@ -255,17 +277,19 @@ class AcademicYearsService:
         return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
     async def export_csv(
-        self, principal: Principal, request: FilterRequest
+        self, principal: Principal, request: FilterRequest, columns: Sequence[str] = ()
     ) -> AsyncIterator[bytes]:
-        """Every matching year (List's filters and order, no paging) as CSV chunks."""
+        """Every matching year (List's filters and order, no paging) as CSV chunks of
+        `columns` (default id, name, start_date, end_date)."""
         scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
+        header = export_columns(columns)
         chunks = export_csv(
             self._db,
             scope,
             AcademicYearsCsvRepository,
-            lambda r: r.export(f, ordering),
-            EXPORT_HEADER,
+            lambda r: r.export(f, ordering, header),
+            header,
             label="academic_years export",
         )
         async for chunk in chunks:

@@ -146,6 +146,8 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def ExportAcademicYearsCsv(
         self, request: pb.ListAcademicYearsRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        chunks = self._service.export_csv(current_principal(), filter_from_proto(request))
+        chunks = self._service.export_csv(
+            current_principal(), filter_from_proto(request), tuple(request.columns)
+        )
         async for body in csv_bodies(chunks):
             yield body
