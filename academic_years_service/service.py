@@ -32,6 +32,7 @@ from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT
 from common.auth import Principal
 from common.csvstream import CsvLimits, CsvReader
 from common.csvstream.transfer import export_csv, import_csv
+from common.csvstream.watch import ImportTracker
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
@@ -257,22 +258,33 @@ class AcademicYearsService:
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
 
-    async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
+    async def import_csv(
+        self,
+        principal: Principal,
+        chunks: AsyncIterable[bytes],
+        tracker: ImportTracker | None = None,
+    ) -> ImportSummary:
         """One year per row in the caller's organization, in file order; nothing is written
-        unless every row is valid."""
+        unless every row is valid. `tracker` follows it for a caller watching."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
         reader = CsvReader(
             chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
         )
 
-        async def apply(repository: AcademicYearsCsvRepository) -> int:
+        async def check(repository: AcademicYearsCsvRepository) -> None:
             if reader.present("id"):
                 await check_ids(repository)
-            return await repository.apply_import()
 
         created = await import_csv(
-            self._db, scope, AcademicYearsCsvRepository, reader, STAGING, apply
+            self._db,
+            scope,
+            AcademicYearsCsvRepository,
+            reader,
+            STAGING,
+            AcademicYearsCsvRepository.apply_import,
+            check=check,
+            tracker=tracker,
         )
         return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
