@@ -170,7 +170,12 @@ async def run_import(
     try:
         async with _channel(args, target, creds) as ch:
             summary = await upload(
-                target.importer(ch), source, progress, metadata=metadata, deadline=args.timeout
+                target.watcher(ch),
+                target.importer(ch),
+                source,
+                progress,
+                metadata=metadata,
+                deadline=args.timeout,
             )
     finally:
         progress.close()
