@@ -90,7 +90,11 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def database(settings: Settings) -> Database:
     if settings.database_url is None:
         raise ValueError("no database URL: the command line starts the embedded one first")
-    return Database(settings.database_url, pool_size=settings.db_pool_size)
+    return Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        application_name=f"{settings.service}/{os.getpid()}",
+    )
 
 
 async def start_server(
