@@ -79,6 +79,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(definition.name, definition.default_addr, env)
+        definition.check_limits(settings)
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
