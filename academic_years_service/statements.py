@@ -14,8 +14,10 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    Text,
     and_,
     bindparam,
+    cast,
     false,
     func,
     literal_column,
@@ -62,6 +64,17 @@ SORT_COLUMNS = {
     "updatedAt": t.c.updatedAt,
 }
 _NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
+# The cells an export may write, by the import's column names; text escaped (`formula_safe`),
+# `current` as true/false, so an export of every column imports back as it is.
+EXPORT_CELLS: dict[str, ColumnElement[Any]] = {
+    "id": t.c.id,
+    "name": formula_safe(t.c.name),
+    "start_date": t.c.start_date,
+    "end_date": t.c.end_date,
+    "current": cast(t.c.current, Text),
+    "importHash": formula_safe(t.c.importHash),
+}
+EXPORT_DEFAULT = ("id", "name", "start_date", "end_date")
 
 
 def escape_like(text: str) -> str:
@@ -219,10 +232,15 @@ def references_statement(
 
 
 @lru_cache(maxsize=512)
-def export_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
+def export_statement(
+    global_access: bool,
+    shape: FilterShape,
+    ordering: Ordering,
+    columns: tuple[str, ...] = EXPORT_DEFAULT,
+) -> Select[Any]:
     """Every row List would return for the filter, as CSV cells (text escaped), no paging."""
-    columns = (t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date)
-    return select(*columns).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
+    cells = [EXPORT_CELLS[name] for name in columns]
+    return select(*cells).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
 
 
 @cache
