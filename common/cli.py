@@ -79,6 +79,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(definition.name, definition.default_addr, env)
+        definition.check_limits(settings)
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +92,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = url  # for the workers, when there are several
     else:
         try:
-            head = asyncio.run(_pending_once_reachable(named, definition))
+            head = asyncio.run(_pending_revision(definition, named))
         except Exception as exc:
             print(
                 f"{definition.name}: cannot read the schema version: {_reason(exc)}",
@@ -117,15 +118,15 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _pending_once_reachable(url: str, definition: ServiceDefinition) -> str | None:
-    """The schema check, once the database answers: a service (re)started while its database
-    restarts too waits for it, as `serve` does, rather than exiting at once."""
-    db = Database(url)
+async def _pending_revision(definition: ServiceDefinition, url: str) -> str | None:
+    """Waits while the database is unreachable (a service may start before it), then reads
+    its schema version; anything else (no such database, bad password) fails at once."""
+    db = Database(url, pool_size=1)
     try:
         await wait_for_database(db)
+        return await pending_revision(db, definition.migrations_dir, definition.version_table)
     finally:
         await db.dispose()
-    return await pending_revision(url, definition.migrations_dir, definition.version_table)
 
 
 def migrate(definition: ServiceDefinition, env: dict[str, str]) -> str:

@@ -30,7 +30,7 @@ SERVICES: dict[str, dict[str, Sequence[str]]] = {
     "progress.v1.UserProgressService": {
         "read": ("ListUserProgress",),
         "export": ("ExportUserProgressCsv",),
-        "import": ("ImportUserProgressCsv",),
+        "import": ("ImportUserProgressCsv", "ImportUserProgressCsvWithProgress"),
         "write": ("UpsertUserProgress",),
     },
     "academic_years.v1.AcademicYearsService": {
@@ -41,7 +41,7 @@ SERVICES: dict[str, dict[str, Sequence[str]]] = {
             "AutocompleteAcademicYears",
         ),
         "export": ("ExportAcademicYearsCsv",),
-        "import": ("ImportAcademicYearsCsv",),
+        "import": ("ImportAcademicYearsCsv", "ImportAcademicYearsCsvWithProgress"),
         "write": (
             "CreateAcademicYear",
             "UpdateAcademicYear",

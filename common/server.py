@@ -22,13 +22,14 @@ from grpc_reflection.v1alpha import reflection
 from common.accesslog import AccessLog, RpcObserver
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.authn import AuthInterceptor
-from common.config import Settings
+from common.config import Limits, Settings
 from common.db import Database, embedded
 from common.db.engine import CLOSE_TIMEOUT_SECONDS
 from common.db.roles import RoleError, serving_risks
 from common.drain import Admission, DrainingHealth
 from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
+from common.limits import ResponseBound, check_responses
 from common.metrics import ServerMetrics, metrics_port_for
 
 log = logging.getLogger("server")
@@ -44,7 +45,8 @@ STOP_SECONDS = 1.0
 # Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
 FORCED_EXIT = "second signal while draining: exiting now"
 
-Register = Callable[[aio.Server, Database], None]
+# Adds a service's servicers to the server, built on the database and the settings' limits.
+Register = Callable[[aio.Server, Database, Settings], None]
 Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
 
 
@@ -59,8 +61,14 @@ class ServiceDefinition:
     register: Register
     migrations_dir: Path
     version_table: str
+    # The largest responses the service can send under a set of limits (see common.limits).
+    response_bounds: Callable[[Limits], Sequence[ResponseBound]]
     # The tables its app role is granted, with the privileges (see common.db.roles).
     app_grants: Mapping[str, str] = field(default_factory=dict)
+
+    def check_limits(self, settings: Settings) -> None:
+        """ConfigError when a response might outgrow the message limit under `settings`."""
+        check_responses(self.response_bounds(settings.limits), settings.max_message_bytes)
 
 
 @dataclass
@@ -143,6 +151,7 @@ def database(settings: Settings) -> Database:
     return Database(
         settings.database_url,
         pool_size=settings.db_pool_size,
+        application_name=f"{settings.service}/{os.getpid()}",
         wait_seconds=settings.db_wait_seconds,
     )
 
@@ -156,6 +165,7 @@ async def start_server(
     interceptors: Sequence[Interceptor] = (),
 ) -> RunningServer:
     """Build, bind and start the server; the caller owns shutdown. `interceptors` go first."""
+    definition.check_limits(settings)
     db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -182,7 +192,7 @@ async def start_server(
         ],
         options=options,
     )
-    definition.register(server, db)
+    definition.register(server, db, settings)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

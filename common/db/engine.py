@@ -66,10 +66,19 @@ class Database:
     that cannot begin because the database is unreachable waits up to `wait_seconds` for it
     (less when its call's deadline is nearer; see common.db.outage)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, wait_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        application_name: str | None = None,
+        wait_seconds: float = 10.0,
+    ) -> None:
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.pool_size = pool_size
+        # Shown in pg_stat_activity, so an operator sees which process holds a connection.
+        self._settings = {"application_name": application_name} if application_name else {}
         self.pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.outage = Outage(self.ping, max_wait=wait_seconds)
@@ -83,6 +92,7 @@ class Database:
                     max_size=self.pool_size,
                     init=_init_connection,
                     reset=_keep_session,
+                    server_settings=self._settings,
                 )
             return self.pool
 

@@ -133,11 +133,13 @@ READS = {
 WITH_REQUEST_IDS = {
     "UpsertUserProgress",
     "ImportUserProgressCsv",
+    "ImportUserProgressCsvWithProgress",
     "CreateAcademicYear",
     "UpdateAcademicYear",
     "DeleteAcademicYear",
     "BatchDeleteAcademicYears",
     "ImportAcademicYearsCsv",
+    "ImportAcademicYearsCsvWithProgress",
 }
 
 
