@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from academic_years_service.app import DEFINITION as ACADEMIC_YEARS
 from academic_years_service.tables import academic_years
+from bench.scratch import free_port
 from common import client
 from common.db import Database
 from common.migrations import upgrade
@@ -39,7 +40,6 @@ from progress_service.app import DEFINITION as PROGRESS
 from progress_service.tables import user_progress
 from tests.support.academic_years import staff
 from tests.support.callers import Caller
-from tests.support.network import free_port
 from tests.support.pgcluster import PrivateCluster, unavailable_reason
 from tests.support.processes import ServiceProcess, spawn_service
 
