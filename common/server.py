@@ -101,7 +101,7 @@ class RunningServer:
                 await self.admission.idle()
         except TimeoutError:
             log.warning(
-                "grace period over: cancelling the calls still in flight",
+                "grace period over: cutting off the calls still in flight",
                 extra={"in_flight": self.admission.in_flight, "grace_seconds": grace},
             )
             self.health.close_watches()
@@ -120,7 +120,8 @@ class RunningServer:
         await self.shutdown_after_drain(await self.drain(grace, delay))
 
     async def shutdown_after_drain(self, finished: bool) -> None:
-        # What remains is refusals and health answers on their way out: brief.
+        """gRPC's stop, then `release`. After a finished drain what remains is refusals and
+        health answers on their way out; after an overrun the calls still running are cut."""
         await self.server.stop(STOP_SECONDS if finished else 0)
         await self.release(finished)
 
@@ -311,9 +312,9 @@ async def serve(
 
 
 def _exit_without_grpc_shutdown(code: int) -> NoReturn:
-    """End the process as a normal exit would (atexit handlers: the embedded PostgreSQL's
-    stop, exporters' flushes; logs flushed), but without gRPC's server shutdown, which also
-    runs when the server object is collected at exit. That shutdown resets every call that
+    """End the process as a normal exit would (atexit handlers, such as exporters' flushes;
+    logs flushed), but without gRPC's server shutdown, which also runs when the server
+    object is collected at exit. That shutdown resets every call that
     reaches the server meanwhile, and each it had queued, and clients read those as
     CANCELLED. Without it the kernel closes the connections, which a client reads as
     UNAVAILABLE: safe to retry, and the drain has already answered every admitted call."""
