@@ -59,10 +59,9 @@ class UnitOfWork(Generic[R]):
     async def __aenter__(self) -> UnitOfWork[R]:
         try:
             pool = self._db.pool or await self._db.open()
-            # No timer on the wait for a connection: the call's deadline bounds it.
-            conn = self._conn = await pool.acquire()
-            self.executor = Executor(conn)
-            await conn.execute(_begin_sql(self._scope))
+            conn = self._conn = await self._acquire(pool)
+            self.executor = self._executor(conn)
+            await self._control(conn, _begin_sql(self._scope), "BEGIN")
         except BaseException as exc:
             await self._release(failed=True)
             if isinstance(exc, Exception) and is_unavailable(exc):
@@ -72,10 +71,22 @@ class UnitOfWork(Generic[R]):
             self.repo = self._factory(self.executor, self._scope)
         return self
 
+    async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
+        # No timer on the wait for a connection: the call's deadline bounds it.
+        return await pool.acquire()
+
+    def _executor(self, conn: asyncpg.Connection) -> Executor:
+        return Executor(conn)
+
+    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> None:
+        """Runs a transaction control statement (`name` is what it does: BEGIN, COMMIT,
+        ROLLBACK; `sql` may carry the tenant)."""
+        await conn.execute(sql)
+
     async def commit(self) -> None:
         assert self._conn is not None
         try:
-            await self._conn.execute("COMMIT")
+            await self._control(self._conn, "COMMIT", "COMMIT")
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
@@ -101,7 +112,7 @@ class UnitOfWork(Generic[R]):
         reusable = not self.executor.broken if hasattr(self, "executor") else False
         if reusable and not self._committed:
             try:
-                await conn.execute("ROLLBACK")
+                await self._control(conn, "ROLLBACK", "ROLLBACK")
             except (Exception, asyncio.CancelledError):
                 reusable = False
         # A connection the server dropped is handed back by asyncpg itself as it closes.
