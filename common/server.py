@@ -26,6 +26,7 @@ from common.db.roles import RoleError, serving_risks
 from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
 from common.metrics import ServerMetrics, metrics_port_for
+from common.tracing import Tracing, from_env
 
 log = logging.getLogger("server")
 
@@ -100,8 +101,10 @@ async def start_server(
     db: Database | None = None,
     observers: Sequence[RpcObserver] = (),
     interceptors: Sequence[Interceptor] = (),
+    tracing: Tracing | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first."""
+    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first,
+    after the tracing one (when `tracing` is given), which starts each call's span."""
     db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -114,9 +117,14 @@ async def start_server(
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
-    access_log = AccessLog((*observers, metrics.observe) if metrics else observers)
+    access_log = AccessLog(
+        (*observers, metrics.observe) if metrics else observers, traced=tracing is not None
+    )
+    if tracing is not None:
+        db.trace(tracing.tracer)
     server = aio.server(
         interceptors=[
+            *([tracing.interceptor()] if tracing else []),
             *interceptors,
             *([metrics.interceptor()] if metrics else []),
             ErrorInterceptor(definition.domain, access_log),
@@ -145,6 +153,8 @@ async def start_server(
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
     running = RunningServer(server, port, health_servicer, db, access_log, metrics=metrics)
+    if tracing is not None:
+        running.extra_shutdown.append(tracing.shutdown)  # the last calls' spans go out
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)
@@ -198,7 +208,9 @@ async def serve(
     db = database(settings)
     await wait_for_database(db)
     await check_role(db, definition, settings)
-    running = await start_server(definition, settings, db=db, interceptors=interceptors)
+    running = await start_server(
+        definition, settings, db=db, interceptors=interceptors, tracing=from_env(definition.name)
+    )
     log.info(
         "serving",
         extra={
