@@ -13,6 +13,7 @@ from common.csvstream.staging import Staging, stage
 from common.db import Database
 from common.db.uow import RepositoryFactory
 from common.tenancy import TenantScope
+from common.tracing import note
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -30,6 +31,7 @@ async def import_csv(
     `apply(repository)` writes them; all in one transaction, committed at the end."""
     async with db.unit_of_work(scope, repository) as uow:
         await stage(uow.executor, staging, reader.rows())
+        note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
         reader.raise_if_invalid()
         result = await apply(uow.repo)
         await uow.commit()
@@ -48,6 +50,11 @@ async def export_csv(
     """CSV chunks of every row `query(repository)` selects, with `header` first."""
     async with db.unit_of_work(scope, repository) as uow:
         statement, params = query(uow.repo)
-        async with stream_csv(uow.executor, statement, params, header, label=label) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        sent = 0
+        try:
+            async with stream_csv(uow.executor, statement, params, header, label=label) as chunks:
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    yield chunk
+        finally:
+            note(**{"csv.rows": uow.executor.copied or 0, "csv.bytes": sent})
