@@ -217,10 +217,17 @@ class _Traced(Around):
         self._name = method.lstrip("/")
         service, _, name = self._name.partition("/")
         self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        # The keys the propagators read (OTEL_PROPAGATORS; W3C traceparent by default).
+        self._fields = frozenset(propagate.get_global_textmap().fields)
 
     async def enter(self, context: Context) -> tuple[trace.Span, object]:
         metadata = cast(Metadata, context.invocation_metadata() or ())
-        parent = propagate.extract(metadata, getter=_GETTER)
+        parent = None
+        # Extracting costs ~10 us even when there is nothing to extract: look first.
+        for key, _ in metadata:
+            if key in self._fields:
+                parent = propagate.extract(metadata, getter=_GETTER)
+                break
         span = self._tracer.start_span(
             self._name, parent, kind=SpanKind.SERVER, attributes=self._attributes
         )

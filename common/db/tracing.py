@@ -1,6 +1,7 @@
-"""Spans of the database work a call does: the pool wait, the transaction, every statement
-and COPY, each a child of the call's span. Only inside a span that records: a call the sampler
-dropped, and the work outside any call (start-up, migrations), cost nothing more."""
+"""Spans of the database work a call does: the transaction (from the wait for a connection
+on), every statement and COPY, each a child of the call's span. Only inside a span that
+records: a call the sampler dropped, and the work outside any call (start-up, migrations),
+cost nothing more."""
 
 from __future__ import annotations
 
@@ -168,10 +169,10 @@ async def _counted(pieces: AsyncIterator[bytes], sent: list[int]) -> AsyncIterat
 
 
 class TracedUnitOfWork(UnitOfWork[R]):
-    """The unit of work with spans for the pool wait, BEGIN, COMMIT and ROLLBACK. BEGIN's
-    span has no statement: its text names the caller's tenant."""
+    """The unit of work with spans for BEGIN (from the wait for a pooled connection on),
+    COMMIT and ROLLBACK. BEGIN's span has no statement: its text names the caller's tenant."""
 
-    __slots__ = ("_parent", "_spans")
+    __slots__ = ("_begin", "_parent", "_spans")
 
     def __init__(
         self,
@@ -183,16 +184,27 @@ class TracedUnitOfWork(UnitOfWork[R]):
     ) -> None:
         super().__init__(db, scope, factory)
         self._spans, self._parent = spans, parent
+        self._begin: Span | None = None
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
-        with ended(self._spans.start(self._parent, "pool acquire")):
-            return await super()._acquire(pool)
+        # The wait for a connection is the start of the BEGIN span (a span of its own would
+        # cost as much again as a statement's): an event marks when the connection came.
+        self._begin = self._spans.start(self._parent, "BEGIN", **{"db.operation": "BEGIN"})
+        try:
+            conn = await super()._acquire(pool)
+        except BaseException:
+            with ended(self._begin):
+                raise
+        self._begin.add_event("connection acquired")
+        return conn
 
     def _executor(self, conn: asyncpg.Connection) -> Executor:
         return TracedExecutor(conn, self._spans, self._parent)
 
     async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> None:
-        with ended(self._spans.start(self._parent, name, **{"db.operation": name})):
+        span = self._begin if name == "BEGIN" and self._begin is not None else None
+        span = span or self._spans.start(self._parent, name, **{"db.operation": name})
+        with ended(span):
             await super()._control(conn, sql, name)
 
 
