@@ -2,12 +2,14 @@
 opentelemetry-instrumentation-grpc.
 
 Usage: .venv/bin/python -m bench.tracing_cost [--calls 3000] [--rounds 5]
-One process: a stub unary method behind the services' own error and auth interceptors, on three
-servers that differ only in the tracing interceptor put first, called by 32 concurrent callers
+One process: a stub unary method behind the services' own error and auth interceptors, on
+servers that differ only in the tracing interceptor put first (ours sampling all calls, and one
+in ten), called by 32 concurrent callers
 over one channel each, in alternating rounds. Spans go through a batch processor to an exporter
-that encodes them as OTLP protobuf and drops them, so export work counts. Prints the median
-process CPU per call (client included: the same for every server) and each one's extra over
-none. A second part calls the health service's Watch (a coroutine that writes) through each.
+that encodes them as OTLP protobuf and drops them, so export work counts. Prints the least and
+the median process CPU per call of the rounds (client included: the same for every server) and
+each one's least over none's. A second part calls the health service's Watch (a coroutine that
+writes) through each.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from opentelemetry.instrumentation.grpc import filters
 from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
 from common.accesslog import AccessLog
 from common.auth import TokenVerifier
@@ -116,6 +119,8 @@ async def main(calls: int, rounds: int) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("bench")
+    one_in_ten = TracerProvider(sampler=ParentBasedTraceIdRatio(0.1))
+    one_in_ten.add_span_processor(BatchSpanProcessor(exporter))
     token = mint(SECRET, sub=str(uuid.uuid4()), org=str(uuid.uuid4()))
     metadata = (("authorization", f"Bearer {token}"),)
     unfiltered = OpenTelemetryAioServerInterceptor(tracer)  # type: ignore[no-untyped-call]
@@ -123,6 +128,7 @@ async def main(calls: int, rounds: int) -> None:
     servers = {
         "none": await start([]),
         "own": await start([TracingInterceptor(tracer)]),
+        "own, 1 in 10": await start([TracingInterceptor(one_in_ten.get_tracer("bench"))]),
         "instrumentation": await start(
             [OpenTelemetryAioServerInterceptor(tracer, no_health)]  # type: ignore[no-untyped-call]
         ),
@@ -133,13 +139,18 @@ async def main(calls: int, rounds: int) -> None:
         names = names[rnd % len(names) :] + names[: rnd % len(names)]
         for name in names:
             results[name].append(await cpu_per_call(servers[name][1], metadata, calls))
-    base = statistics.median(results["none"])
+    # The least of the rounds: on a shared machine the others only add what neighbours took.
+    base = min(results["none"])
     print(f"{calls} calls x {rounds} rounds, {CALLERS} callers; CPU per call (client included)")
     for name, values in results.items():
-        median = statistics.median(values)
+        best = min(values)
         spread = ", ".join(f"{v:.0f}" for v in values)
-        print(f"  {name:<16} {median:6.1f} us  (+{median - base:5.1f})   rounds: {spread}")
+        print(
+            f"  {name:<16} best {best:6.1f} us (+{best - base:5.1f}), "
+            f"median {statistics.median(values):6.1f}   rounds: {spread}"
+        )
     provider.force_flush()
+    one_in_ten.force_flush()
     print(f"  spans exported: {exporter.spans}")
     unfiltered_server = await start([unfiltered])
     servers["instrumentation, unfiltered"] = unfiltered_server
@@ -148,6 +159,7 @@ async def main(calls: int, rounds: int) -> None:
     for server, _addr in servers.values():
         await server.stop(None)
     provider.shutdown()
+    one_in_ten.shutdown()
 
 
 if __name__ == "__main__":
