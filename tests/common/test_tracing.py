@@ -508,3 +508,19 @@ async def test_a_database_left_untraced_makes_no_spans() -> None:
     db = Database("postgresql://127.0.0.1/x")
     assert db.spans is None
     assert type(db.unit_of_work(None, lambda *_: None)).__name__ == "UnitOfWork"
+
+
+async def test_compose_sends_every_services_spans_to_its_jaeger() -> None:
+    import yaml
+
+    from tests.conftest import ROOT
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")
+    assert "receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in jaeger["command"]
+    assert "16686:16686" in jaeger["ports"]
+    for name in ("progress", "academic-years"):
+        env = services[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        check(env)  # a protocol the services accept
