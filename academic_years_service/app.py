@@ -7,17 +7,20 @@ from pathlib import Path
 from academic_years.v1 import academic_years_pb2, academic_years_pb2_grpc
 from grpc import aio
 
+from academic_years_service.limits import response_bounds
 from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
+from common.config import Settings
 from common.db import Database
 from common.server import ServiceDefinition
 
 SERVICE_NAME = academic_years_pb2.DESCRIPTOR.services_by_name["AcademicYearsService"].full_name
 
 
-def register(server: aio.Server, db: Database) -> None:
+def register(server: aio.Server, db: Database, settings: Settings) -> None:
+    service = AcademicYearsService(db, settings.limits)
     academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(
-        AcademicYearsServicer(AcademicYearsService(db)), server
+        AcademicYearsServicer(service), server
     )
 
 
@@ -36,4 +39,5 @@ DEFINITION = ServiceDefinition(
         "classes": "SELECT",
         "timetables": "SELECT",
     },
+    response_bounds=response_bounds,
 )

@@ -53,7 +53,6 @@ CSV_COLUMNS = (
     CsvColumn("current", boolean),
     CsvColumn("importHash", _import_hash),
 )
-EXPORT_HEADER = ("id", "name", "start_date", "end_date")
 
 STAGING: Staging = staging(
     "academic_years",
@@ -152,8 +151,8 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
         return await self.db.execute(_insert_statement(), params)
 
     def export(
-        self, f: AcademicYearFilter, ordering: Ordering
+        self, f: AcademicYearFilter, ordering: Ordering, columns: tuple[str, ...]
     ) -> tuple[Select[Any], dict[str, Any]]:
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
-        return export_statement(self.global_access, shape, ordering), params
+        return export_statement(self.global_access, shape, ordering, columns), params

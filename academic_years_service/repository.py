@@ -132,8 +132,9 @@ class AcademicYearsRepository(TenantRepository):
         params = self.binds(year_ids=list(year_ids), now=utcnow(), user=self.scope.user_id)
         return await self.db.execute(statement, params)
 
-    async def get(self, year_id: str) -> AcademicYear | None:
-        """The year with its organization (one joined query) and each association (one each)."""
+    async def get(self, year_id: str, max_references: int) -> AcademicYear | None:
+        """The year with its organization (one joined query) and each association (one each):
+        its first `max_references` by name, and one more when there are more."""
         record = await self.db.row(get_statement(self.global_access), self.binds(year_id=year_id))
         if record is None:
             return None
@@ -141,7 +142,7 @@ class AcademicYearsRepository(TenantRepository):
         org_id, org_name = record[len(COLUMNS) :]
         references = []
         for table in (classes, timetables):
-            statement = references_statement(table, year.organization_id is None)
+            statement = references_statement(table, year.organization_id is None, max_references)
             params = {"year_id": year.id, "org": year.organization_id}
             references.append([Reference(*r) for r in await self.db.rows(statement, params)])
         return replace(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import replace
 
 from academic_years_service import parsing
 from academic_years_service.csv import (
     CSV_COLUMNS,
-    EXPORT_HEADER,
     STAGING,
     AcademicYearsCsvRepository,
 )
@@ -26,15 +26,19 @@ from academic_years_service.domain import (
     ImportSummary,
     Ordering,
     Page,
+    Reference,
     Suggestion,
 )
 from academic_years_service.repository import AcademicYearsRepository
-from academic_years_service.statements import SORT_COLUMNS
+from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
 from common.auth import Principal
-from common.csvstream import CsvLimits, CsvReader
+from common.config import Limits
+from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
+from common.csvstream.watch import ImportTracker
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
+from common.limits import clip
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import TenantScope, require_permission, tenant_scope
 from common.validation import text_violations
@@ -110,6 +114,29 @@ def parse_filter(request: FilterRequest) -> tuple[AcademicYearFilter, Ordering]:
     return f, ordering
 
 
+def export_columns(given: Sequence[str]) -> tuple[str, ...]:
+    """The export's columns in the order given (an entry may hold several, comma-separated),
+    or the default; an unknown or repeated column is a ValidationError naming its entry."""
+    violations: list[FieldViolation] = []
+    columns: list[str] = []
+    for i, entry in enumerate(given):
+        for name in (n.strip() for n in entry.split(",")):
+            if not name:
+                continue
+            if name not in EXPORT_CELLS:
+                known = ", ".join(EXPORT_CELLS)
+                violations.append(
+                    FieldViolation(f"columns[{i}]", f"{name[:20]!r} is not one of {known}")
+                )
+            elif name in columns:
+                violations.append(FieldViolation(f"columns[{i}]", f"repeats {name}"))
+            else:
+                columns.append(name)
+    if violations:
+        raise ValidationError(violations)
+    return tuple(columns) or EXPORT_DEFAULT
+
+
 def _id(value: str, field: str) -> str:
     violations: list[FieldViolation] = []
     clean = parsing.uuid(value, field, violations)
@@ -135,10 +162,55 @@ async def check_ids(repository: AcademicYearsCsvRepository) -> None:
         )
 
 
+def _references(references: list[Reference], max_references: int) -> tuple[list[Reference], bool]:
+    """The first `max_references`, names cut to MAX_NAME_LENGTH; whether anything was cut."""
+    cut = len(references) > max_references
+    kept = []
+    for reference in references[:max_references]:
+        name, clipped = clip(reference.name, MAX_NAME_LENGTH)
+        kept.append(Reference(reference.id, name) if clipped else reference)
+        cut = cut or clipped
+    return kept, cut
+
+
+def as_read(year: AcademicYear, max_references: int) -> AcademicYear:
+    """`year` as a read answers with it. A name stored before the limit (or in another slice's
+    table) is cut to MAX_NAME_LENGTH, and an association keeps its first `max_references`
+    by name, each named in `truncated`, so that the answer fits one message whatever is
+    stored; the rows themselves stay whole."""
+    cut: list[str] = []
+    name, clipped = clip(year.name, MAX_NAME_LENGTH)
+    if clipped:
+        cut.append("name")
+    organization = year.organization
+    if organization is not None:
+        org_name, clipped = clip(organization.name, MAX_NAME_LENGTH)
+        if clipped:
+            organization = Reference(organization.id, org_name)
+            cut.append("organization")
+    classes, classes_cut = _references(year.classes, max_references)
+    timetables, timetables_cut = _references(year.timetables, max_references)
+    cut += ["classes_academic_year"] * classes_cut + ["timetables_academic_year"] * timetables_cut
+    if not cut:
+        return year
+    return replace(
+        year,
+        name=name,
+        organization=organization,
+        classes=classes,
+        timetables=timetables,
+        truncated=tuple(cut),
+    )
+
+
 class AcademicYearsService:
-    def __init__(self, db: Database, csv_limits: CsvLimits | None = None) -> None:
+    def __init__(self, db: Database, limits: Limits | None = None) -> None:
         self._db = db
-        self._csv_limits = csv_limits or CsvLimits.from_env()
+        self._limits = limits or Limits()
+        self._max_references = self._limits.academic_year_max_references
+
+    def _read(self, year: AcademicYear) -> AcademicYear:
+        return as_read(year, self._max_references)
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         scope = authorize(principal, CREATE)
@@ -146,7 +218,7 @@ class AcademicYearsService:
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
             year = await uow.repo.create(values.id or new_id(), values)
             await uow.commit()
-        return year
+        return self._read(year)
 
     async def update(
         self, principal: Principal, year_id: str, data: AcademicYearInput
@@ -161,7 +233,7 @@ class AcademicYearsService:
             await uow.commit()
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
         scope = authorize(principal, DELETE)
@@ -171,7 +243,7 @@ class AcademicYearsService:
             await uow.commit()
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def delete_many(
         self, principal: Principal, year_ids: Sequence[str], old_body_ids: Sequence[str] = ()
@@ -195,10 +267,10 @@ class AcademicYearsService:
         scope = authorize(principal, READ)
         year_id = _id(year_id, "id")
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.get(year_id)
+            year = await uow.repo.get(year_id, self._max_references)
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def list_page(
         self, principal: Principal, request: FilterRequest, limit: int, page: int
@@ -208,7 +280,7 @@ class AcademicYearsService:
         paging = resolve_pagination(limit, page)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
             rows, count = await uow.repo.page(f, ordering, paging)
-        return Page(rows, count)
+        return Page([self._read(row) for row in rows], count)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         scope = authorize(principal, READ)
@@ -231,41 +303,54 @@ class AcademicYearsService:
         query = query.strip()
         query_id = parsing.uuid(query, "query", []) if query else None
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            return await uow.repo.autocomplete(
+            found = await uow.repo.autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
+        # A label is the name: cut like one, without a mark (it is a label, not the year).
+        return [Suggestion(s.id, clip(s.label, MAX_NAME_LENGTH)[0]) for s in found]
 
-    async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
+    async def import_csv(
+        self,
+        principal: Principal,
+        chunks: AsyncIterable[bytes],
+        tracker: ImportTracker | None = None,
+    ) -> ImportSummary:
         """One year per row in the caller's organization, in file order; nothing is written
-        unless every row is valid."""
+        unless every row is valid. `tracker` follows it for a caller watching."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
-        reader = CsvReader(
-            chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
-        )
+        reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
-        async def apply(repository: AcademicYearsCsvRepository) -> int:
+        async def check(repository: AcademicYearsCsvRepository) -> None:
             if reader.present("id"):
                 await check_ids(repository)
-            return await repository.apply_import()
 
         created = await import_csv(
-            self._db, scope, AcademicYearsCsvRepository, reader, STAGING, apply
+            self._db,
+            scope,
+            AcademicYearsCsvRepository,
+            reader,
+            STAGING,
+            AcademicYearsCsvRepository.apply_import,
+            check=check,
+            tracker=tracker,
         )
         return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
     async def export_csv(
-        self, principal: Principal, request: FilterRequest
+        self, principal: Principal, request: FilterRequest, columns: Sequence[str] = ()
     ) -> AsyncIterator[bytes]:
-        """Every matching year (List's filters and order, no paging) as CSV chunks."""
+        """Every matching year (List's filters and order, no paging) as CSV chunks of
+        `columns` (default id, name, start_date, end_date)."""
         scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
+        header = export_columns(columns)
         chunks = export_csv(
             self._db,
             scope,
             AcademicYearsCsvRepository,
-            lambda r: r.export(f, ordering),
-            EXPORT_HEADER,
+            lambda r: r.export(f, ordering, header),
+            header,
             label="academic_years export",
         )
         async for chunk in chunks:

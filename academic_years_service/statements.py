@@ -14,24 +14,35 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    Text,
     and_,
     bindparam,
+    cast,
     false,
     func,
+    literal_column,
     or_,
     select,
 )
 
-from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
+from academic_years_service.domain import MAX_NAME_LENGTH, AcademicYearFilter, Bounds, Ordering
+from academic_years_service.limits import DEFAULT_MAX_REFERENCES
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import organizations
 from common.csvstream import formula_safe
 from common.db import UUID_TYPE
 from common.repository import readable
 
+
+def capped_name(column: Any, label: str = "name") -> ColumnElement[str]:
+    """A name's first MAX_NAME_LENGTH + 1 characters: enough to see a longer one (stored before
+    the limit, or in another slice's table), which a read then cuts (`service.as_read`)."""
+    return func.left(column, literal_column(str(MAX_NAME_LENGTH + 1))).label(label)
+
+
 COLUMNS = (
     t.c.id,
-    t.c.name,
+    capped_name(t.c.name),
     t.c.start_date,
     t.c.end_date,
     t.c.current,
@@ -53,6 +64,17 @@ SORT_COLUMNS = {
     "updatedAt": t.c.updatedAt,
 }
 _NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
+# The cells an export may write, by the import's column names; text escaped (`formula_safe`),
+# `current` as true/false, so an export of every column imports back as it is.
+EXPORT_CELLS: dict[str, ColumnElement[Any]] = {
+    "id": t.c.id,
+    "name": formula_safe(t.c.name),
+    "start_date": t.c.start_date,
+    "end_date": t.c.end_date,
+    "current": cast(t.c.current, Text),
+    "importHash": formula_safe(t.c.importHash),
+}
+EXPORT_DEFAULT = ("id", "name", "start_date", "end_date")
 
 
 def escape_like(text: str) -> str:
@@ -184,7 +206,7 @@ def get_statement(global_access: bool) -> Select[Any]:
     o = organizations
     scope = readable(t, global_access)
     return (
-        select(*COLUMNS, o.c.id, o.c.name)
+        select(*COLUMNS, o.c.id, capped_name(o.c.name, "name_1"))
         .select_from(t)
         .outerjoin(o, o.c.id == t.c.organizationId)
         .where(scope, t.c.id == bindparam("year_id"))
@@ -192,31 +214,40 @@ def get_statement(global_access: bool) -> Select[Any]:
 
 
 @cache
-def references_statement(table: Table, without_org: bool) -> Select[Any]:
-    """Live rows of `table` for a year, in the year's organization, by name."""
+def references_statement(
+    table: Table, without_org: bool, max_rows: int = DEFAULT_MAX_REFERENCES
+) -> Select[Any]:
+    """Live rows of `table` for a year, in the year's organization, by name: the first
+    `max_rows` and one more, which shows there are more (the read keeps `max_rows`)."""
     org = table.c.organizationId
     same_org = org.is_(None) if without_org else org == bindparam("org")
     return (
-        select(table.c.id, table.c.name)
+        select(table.c.id, capped_name(table.c.name))
         .where(
             table.c.academic_yearId == bindparam("year_id"), same_org, table.c.deletedAt.is_(None)
         )
         .order_by(table.c.name.asc().nulls_last(), table.c.id)
+        .limit(literal_column(str(max_rows + 1)))
     )
 
 
 @lru_cache(maxsize=512)
-def export_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
+def export_statement(
+    global_access: bool,
+    shape: FilterShape,
+    ordering: Ordering,
+    columns: tuple[str, ...] = EXPORT_DEFAULT,
+) -> Select[Any]:
     """Every row List would return for the filter, as CSV cells (text escaped), no paging."""
-    columns = (t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date)
-    return select(*columns).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
+    cells = [EXPORT_CELLS[name] for name in columns]
+    return select(*cells).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
 
 
 @cache
 def autocomplete_statement(global_access: bool, with_query: bool, with_id: bool) -> Select[Any]:
     """Ids and names of the scope's years, matching a name substring (`q_name`) or an exact id
     (`q_id`) when a query is given, by name; binds `limit` and `offset`."""
-    statement = select(t.c.id, t.c.name).where(readable(t, global_access))
+    statement = select(t.c.id, capped_name(t.c.name)).where(readable(t, global_access))
     if with_query:
         matches: list[ColumnElement[bool]] = [t.c.name.ilike(bindparam("q_name"), escape="\\")]
         if with_id:

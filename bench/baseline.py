@@ -52,8 +52,16 @@ _MATCHING = (
 )
 _READ = _MATCHING.format(org="$1", user="$2", type="$3")
 COUNT_SQL = f"SELECT count(*) AS count_1 FROM user_progress {_READ}"
+# List loads item_id, value and metadata (as JSON text) only up to the default limits' caps.
+_LISTED = (
+    "user_progress.id, user_progress.progress_type,"
+    " left(user_progress.item_id, 513) AS item_id, left(user_progress.value, 4097) AS value,"
+    " user_progress.score, left(CAST(user_progress.metadata AS TEXT), 1310721) AS metadata,"
+    ' user_progress."organizationId", user_progress."campusId", user_progress."userId",'
+    ' user_progress."createdAt", user_progress."updatedAt"'
+)
 LIST_SQL = (
-    f"SELECT {_COLUMNS} FROM user_progress {_READ}"
+    f"SELECT {_LISTED} FROM user_progress {_READ}"
     ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4 OFFSET $5'
 )
 DELETE_SQL = (

@@ -17,7 +17,8 @@ from common.protoconv import timestamp
 Context = aio.ServicerContext[Any, Any]
 
 _COLUMNS = (
-    "academic_years.id, academic_years.name, academic_years.start_date, academic_years.end_date,"
+    "academic_years.id, left(academic_years.name, 501) AS name, academic_years.start_date,"
+    " academic_years.end_date,"
     ' academic_years.current, academic_years."organizationId", academic_years."createdById",'
     ' academic_years."updatedById", academic_years."createdAt", academic_years."updatedAt",'
     ' academic_years."deletedAt"'
@@ -32,16 +33,16 @@ PAGE_SQL = (
     ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC LIMIT $3 OFFSET $4'
 )
 GET_SQL = (
-    f"SELECT {_COLUMNS}, organizations.id AS id_1, organizations.name AS name_1"
+    f"SELECT {_COLUMNS}, organizations.id AS id_1, left(organizations.name, 501) AS name_1"
     " FROM academic_years LEFT OUTER JOIN organizations"
     ' ON organizations.id = academic_years."organizationId"'
     ' WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
     " AND academic_years.id = $2::UUID"
 )
 REFERENCES_SQL = (
-    "SELECT {t}.id, {t}.name FROM {t}"
+    "SELECT {t}.id, left({t}.name, 501) AS name FROM {t}"
     ' WHERE {t}."academic_yearId" = $1::UUID AND {t}."organizationId" = $2::UUID'
-    ' AND {t}."deletedAt" IS NULL ORDER BY {t}.name ASC NULLS LAST, {t}.id'
+    ' AND {t}."deletedAt" IS NULL ORDER BY {t}.name ASC NULLS LAST, {t}.id LIMIT 1001'
 )
 CLASSES_SQL = REFERENCES_SQL.format(t="classes")
 TIMETABLES_SQL = REFERENCES_SQL.format(t="timetables")

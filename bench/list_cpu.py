@@ -2,13 +2,16 @@
 call at a time: the least of 9 rounds of 500 calls, which a shared machine disturbs least.
 
 Usage, this build against another one (an export of an older commit in /tmp/old), taking turns:
-  PYTHONPATH=.:gen .venv/bin/python bench/list_cpu.py postgresql://postgres@127.0.0.1/db
+  .venv/bin/python -m bench list-cpu postgresql://postgres@127.0.0.1/db
   PYTHONPATH=/tmp/old:gen .venv/bin/python bench/list_cpu.py postgresql://postgres@127.0.0.1/db
+(the script by its path, so that the old build's `common` is imported; it needs only `common`
+and `progress_service`).
 The database must be migrated for the progress service; its rows are added through the service.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -22,7 +25,7 @@ ORG, USER = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222
 ROUNDS, CALLS = 9, 500
 
 
-async def main(url: str) -> None:
+async def measure(url: str) -> None:
     db = Database(url, pool_size=1)
     service = UserProgressService(db)
     principal = Principal(USER, ORG, None, False, frozenset())
@@ -38,10 +41,21 @@ async def main(url: str) -> None:
     print(f"{min(rounds):.1f} us CPU per list call (least of {ROUNDS} rounds of {CALLS})")
 
 
-if __name__ == "__main__":
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="a PostgreSQL URL of a database migrated for progress")
+
+
+def main(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main(sys.argv[1]))
+        asyncio.run(measure(args.url))
     else:
-        uvloop.run(main(sys.argv[1]))
+        uvloop.run(measure(args.url))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

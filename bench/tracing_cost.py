@@ -1,7 +1,7 @@
 """CPU per call of a server span: none, ours (common.tracing) or the one of
 opentelemetry-instrumentation-grpc.
 
-Usage: .venv/bin/python -m bench.tracing_cost [--calls 3000] [--rounds 5]
+Usage: .venv/bin/python -m bench tracing-cost [--calls 3000] [--rounds 9]
 One process: a stub unary method behind the services' own error and auth interceptors, on
 servers that differ only in the tracing interceptor put first (ours sampling all calls, and one
 in ten), called by 32 concurrent callers
@@ -114,7 +114,7 @@ async def watch_works(addr: str) -> str:
         return f"answers {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
 
 
-async def main(calls: int, rounds: int) -> None:
+async def measure(calls: int, rounds: int) -> None:
     exporter = EncodingExporter()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -162,9 +162,11 @@ async def main(calls: int, rounds: int) -> None:
     one_in_ten.shutdown()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    asyncio.run(main(args.calls, args.rounds))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calls", type=int, default=3000, help="measured calls per round")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds (servers take turns)")
+
+
+def main(args: argparse.Namespace) -> int:
+    asyncio.run(measure(args.calls, args.rounds))
+    return 0

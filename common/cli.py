@@ -18,11 +18,11 @@ from common.config import (
     environment_help,
     load_settings,
 )
-from common.db import embedded
+from common.db import Database, embedded
 from common.db.roles import grant_app_role
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
-from common.server import ServiceDefinition, run_loop, serve
+from common.server import ServiceDefinition, run_loop, serve, wait_for_database
 from common.tracing import check as check_tracing
 
 log = logging.getLogger("cli")
@@ -80,6 +80,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(definition.name, definition.default_addr, env)
+        definition.check_limits(settings)
         check_tracing(env)
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
@@ -93,9 +94,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = url  # for the workers, when there are several
     else:
         try:
-            head = asyncio.run(
-                pending_revision(named, definition.migrations_dir, definition.version_table)
-            )
+            head = asyncio.run(_pending_revision(definition, named))
         except Exception as exc:
             print(
                 f"{definition.name}: cannot read the schema version: {_reason(exc)}",
@@ -119,6 +118,17 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         log.error("failed to serve: %s", exc)
         return 1
     return 0
+
+
+async def _pending_revision(definition: ServiceDefinition, url: str) -> str | None:
+    """Waits while the database is unreachable (a service may start before it), then reads
+    its schema version; anything else (no such database, bad password) fails at once."""
+    db = Database(url, pool_size=1)
+    try:
+        await wait_for_database(db)
+        return await pending_revision(db, definition.migrations_dir, definition.version_table)
+    finally:
+        await db.dispose()
 
 
 def migrate(definition: ServiceDefinition, env: dict[str, str]) -> str:

@@ -20,11 +20,12 @@ from grpc_reflection.v1alpha import reflection
 from common.accesslog import AccessLog, RpcObserver
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
 from common.authn import AuthInterceptor
-from common.config import Settings
+from common.config import Limits, Settings
 from common.db import Database
 from common.db.roles import RoleError, serving_risks
 from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
+from common.limits import ResponseBound, check_responses
 from common.metrics import ServerMetrics, metrics_port_for
 from common.tracing import Tracing, from_env
 
@@ -36,7 +37,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
 FORCED_EXIT = "second signal while draining: exiting now"
 
-Register = Callable[[aio.Server, Database], None]
+# Adds a service's servicers to the server, built on the database and the settings' limits.
+Register = Callable[[aio.Server, Database, Settings], None]
 Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
 
 
@@ -51,8 +53,14 @@ class ServiceDefinition:
     register: Register
     migrations_dir: Path
     version_table: str
+    # The largest responses the service can send under a set of limits (see common.limits).
+    response_bounds: Callable[[Limits], Sequence[ResponseBound]]
     # The tables its app role is granted, with the privileges (see common.db.roles).
     app_grants: Mapping[str, str] = field(default_factory=dict)
+
+    def check_limits(self, settings: Settings) -> None:
+        """ConfigError when a response might outgrow the message limit under `settings`."""
+        check_responses(self.response_bounds(settings.limits), settings.max_message_bytes)
 
 
 @dataclass
@@ -91,7 +99,11 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def database(settings: Settings) -> Database:
     if settings.database_url is None:
         raise ValueError("no database URL: the command line starts the embedded one first")
-    return Database(settings.database_url, pool_size=settings.db_pool_size)
+    return Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        application_name=f"{settings.service}/{os.getpid()}",
+    )
 
 
 async def start_server(
@@ -105,6 +117,7 @@ async def start_server(
 ) -> RunningServer:
     """Build, bind and start the server; the caller owns shutdown. `interceptors` go first,
     after the tracing one (when `tracing` is given), which starts each call's span."""
+    definition.check_limits(settings)
     db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -132,7 +145,7 @@ async def start_server(
         ],
         options=options,
     )
-    definition.register(server, db)
+    definition.register(server, db, settings)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

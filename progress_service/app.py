@@ -7,17 +7,20 @@ from pathlib import Path
 from grpc import aio
 from progress.v1 import progress_pb2, progress_pb2_grpc
 
+from common.config import Settings
 from common.db import Database
 from common.server import ServiceDefinition
+from progress_service.limits import response_bounds
 from progress_service.service import UserProgressService
 from progress_service.servicer import UserProgressServicer
 
 SERVICE_NAME = progress_pb2.DESCRIPTOR.services_by_name["UserProgressService"].full_name
 
 
-def register(server: aio.Server, db: Database) -> None:
+def register(server: aio.Server, db: Database, settings: Settings) -> None:
+    service = UserProgressService(db, settings.limits)
     progress_pb2_grpc.add_UserProgressServiceServicer_to_server(
-        UserProgressServicer(UserProgressService(db)), server
+        UserProgressServicer(service), server
     )
 
 
@@ -30,4 +33,5 @@ DEFINITION = ServiceDefinition(
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_progress",
     app_grants={"user_progress": "SELECT, INSERT, UPDATE, DELETE"},
+    response_bounds=response_bounds,
 )

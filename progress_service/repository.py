@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -9,9 +11,12 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Select,
+    Text,
     and_,
     bindparam,
+    cast,
     func,
+    literal_column,
     select,
     update,
 )
@@ -21,6 +26,7 @@ from common.db import Record, utcnow
 from common.pagination import PageRequest
 from common.repository import TenantRepository
 from progress_service.domain import UserProgress, UserProgressInput
+from progress_service.limits import DEFAULT_CAPS, ReadCaps
 from progress_service.tables import user_progress as t
 
 COLUMNS = (
@@ -40,8 +46,37 @@ _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 
 
 def to_domain(record: Record) -> UserProgress:
-    """The one row mapper: a record of `COLUMNS` (ids arrive as text, JSON decoded)."""
+    """The row mapper of writes: a record of `COLUMNS` (ids arrive as text, JSON decoded)."""
     return UserProgress(*record)
+
+
+def _capped(column: ColumnElement[str], chars: int, name: str) -> ColumnElement[str]:
+    """The first `chars` + 1 characters of `column`: enough to see it is longer than `chars`.
+    The number is written into the statement, which is built and compiled once per cap."""
+    return func.left(column, literal_column(str(chars + 1))).label(name)
+
+
+def listed_columns(caps: ReadCaps) -> tuple[ColumnElement[Any], ...]:
+    """`COLUMNS` with item_id, value and metadata (as JSON text) loaded only up to `caps`."""
+    return (
+        t.c.id,
+        t.c.progress_type,
+        _capped(t.c.item_id, caps.item_chars, "item_id"),
+        _capped(t.c.value, caps.value_chars, "value"),
+        t.c.score,
+        _capped(cast(t.c["metadata"], Text), caps.metadata_chars, "metadata"),
+        *COLUMNS[6:],
+    )
+
+
+def listed_to_domain(record: Record, caps: ReadCaps) -> UserProgress:
+    """A record of `listed_columns`; metadata past its cap is left out and named as cut (the
+    service cuts the texts: `service.as_read`)."""
+    row = to_domain(record)
+    text = row.metadata
+    if text is not None and len(text) > caps.metadata_chars:
+        return replace(row, metadata=None, truncated=("metadata",))
+    return replace(row, metadata=None if text is None else json.loads(text))
 
 
 def on_conflict_update(statement: Insert) -> Insert:
@@ -82,9 +117,11 @@ class UserProgressRepository(TenantRepository):
 
     @classmethod
     @cache
-    def _page_statement(cls, global_access: bool, with_item: bool) -> Select[Any]:
+    def _page_statement(
+        cls, global_access: bool, with_item: bool, caps: ReadCaps = DEFAULT_CAPS
+    ) -> Select[Any]:
         return (
-            select(*COLUMNS)
+            select(*listed_columns(caps))
             .where(cls._matching(global_access, with_item))
             .order_by(t.c.createdAt.desc(), t.c.id.desc())
             .limit(bindparam("b_limit"))
@@ -134,14 +171,19 @@ class UserProgressRepository(TenantRepository):
         return progress, progress.created_at == now
 
     async def list(
-        self, progress_type: str, item_id: str | None, page: PageRequest
+        self,
+        progress_type: str,
+        item_id: str | None,
+        page: PageRequest,
+        caps: ReadCaps = DEFAULT_CAPS,
     ) -> tuple[list[UserProgress], int]:
+        """A page of the caller's rows, no column loaded beyond `caps`, and the total."""
         shape = (self.global_access, item_id is not None)
         params = self.binds(b_type=progress_type, b_item=item_id)
         count = await self.db.scalar(self._count_statement(*shape), params)
         paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
-        rows = await self.db.rows(self._page_statement(*shape), paged)
-        return [to_domain(r) for r in rows], int(count)
+        rows = await self.db.rows(self._page_statement(*shape, caps), paged)
+        return [listed_to_domain(r, caps) for r in rows], int(count)
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self.binds(b_type=progress_type, b_item=item_id, b_now=utcnow())

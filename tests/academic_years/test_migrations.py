@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from academic_years_service.app import DEFINITION
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from common.migrations import upgrade
-from tests.support.databases import head_revision, scratch_database
+from tests.support.databases import head_revision
 
 INDEXES = {
     "academic_years_org_created",

@@ -79,7 +79,7 @@ def test_settings_defaults_and_validation() -> None:
         named = load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": url})
         assert named.database_url == url
     with pytest.raises(ConfigError, match="PostgreSQL URL"):
-        load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": "sqlite:///x"})
+        load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": "mysql://u@h/d"})
     assert settings.workers == 1 and settings.tls is None and settings.metrics_addr is None
     with pytest.raises(ConfigError, match="WORKERS"):
         load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "WORKERS": "0"})

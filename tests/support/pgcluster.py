@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bench.scratch import free_port
 from common.db import embedded
-from tests.support.network import free_port
 
 # PostgreSQL refuses to run as root; as root, the cluster runs as the system user the wheel
 # runs its own servers as. Through runuser, not subprocess's user=: that makes Python fork()

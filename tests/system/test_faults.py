@@ -28,6 +28,7 @@ from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 from sqlalchemy import bindparam, func, select, text
 
+from bench.scratch import free_port
 from common.db import Database, UnitOfWork
 from common.migrations import upgrade
 from common.server import RunningServer, start_server
@@ -36,7 +37,6 @@ from progress_service.tables import user_progress
 from tests.conftest import ROOT
 from tests.conftest import test_settings as settings_for
 from tests.support.callers import Caller
-from tests.support.network import free_port
 from tests.support.pgcluster import PrivateCluster, unavailable_reason
 from tests.support.processes import service_env
 
@@ -169,7 +169,11 @@ async def _no_waiters(db: Database) -> bool:
 # --- SIGTERM while RPCs are in flight: a real process, a real signal -------------------------
 
 
-def _spawn(env: dict[str, str]) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+# A service's stderr, line by line; None once it has closed (the process ended).
+Lines = queue.Queue[str | None]
+
+
+def _spawn(env: dict[str, str]) -> tuple[subprocess.Popen[str], Lines]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "progress_service", "serve"],
         env=service_env(**env),
@@ -177,39 +181,46 @@ def _spawn(env: dict[str, str]) -> tuple[subprocess.Popen[str], queue.Queue[str]
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
+    lines: Lines = queue.Queue()
 
     def pump() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.put(line)
+        lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
     return proc, lines
 
 
-def _wait_for_log(lines: queue.Queue[str], message: str, timeout: float) -> dict[str, Any]:
+def _wait_for_log(lines: Lines, message: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    others: list[str] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"no {message!r} log line within {timeout}s")
+            raise AssertionError(f"no {message!r} log line within {timeout}s: {others[-5:]}")
         try:
             line = lines.get(timeout=remaining)
         except queue.Empty:
             continue
+        if line is None:
+            lines.put(None)  # for the next waiter
+            raise AssertionError(f"the service ended before logging {message!r}: {others[-5:]}")
         try:
             entry = json.loads(line)
         except ValueError:
+            others.append(line.rstrip())
             continue
         if entry.get("msg") == message:
             return dict(entry)
+        others.append(line.rstrip())
 
 
 @pytest.fixture
 def served(
     pg: tuple[str, Database],
-) -> Iterator[tuple[subprocess.Popen[str], int, queue.Queue[str]]]:
+) -> Iterator[tuple[subprocess.Popen[str], int, Lines]]:
     port = free_port()
     proc, lines = _spawn(
         {"DATABASE_URL": pg[0], "GRPC_ADDR": f"127.0.0.1:{port}", "SHUTDOWN_GRACE_SECONDS": "15"}
@@ -224,7 +235,7 @@ def served(
 
 
 async def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(
-    pg: tuple[str, Database], served: tuple[subprocess.Popen[str], int, queue.Queue[str]]
+    pg: tuple[str, Database], served: tuple[subprocess.Popen[str], int, Lines]
 ) -> None:
     _url, db = pg
     proc, port, lines = served

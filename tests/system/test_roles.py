@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import ColumnElement, func, select
 
+from bench.scratch import scratch_database
 from common.auth import Principal
 from common.cli import migrate
 from common.config import JwtSettings, Settings
@@ -27,7 +28,6 @@ from progress_service.domain import UserProgressInput
 from progress_service.repository import UserProgressRepository
 from progress_service.tables import user_progress
 from tests.support.callers import SECRET, new_uuid
-from tests.support.databases import scratch_database
 
 pytestmark = pytest.mark.asyncio
 
