@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import csv_bench, run, sqlpath, tenant_settings_cost
+from bench import csv_bench, list_cpu, run, sqlpath, tenant_settings_cost, tracing_cost
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,18 @@ BENCHMARKS = {
         tenant_settings_cost.__doc__,
         tenant_settings_cost.main,
         tenant_settings_cost.add_arguments,
+    ),
+    "tracing-cost": Benchmark(
+        "CPU per call of a server span: none, ours, opentelemetry-instrumentation-grpc's",
+        tracing_cost.__doc__,
+        tracing_cost.main,
+        tracing_cost.add_arguments,
+    ),
+    "list-cpu": Benchmark(
+        "CPU of one progress list call through the service layer (to compare two builds)",
+        list_cpu.__doc__,
+        list_cpu.main,
+        list_cpu.add_arguments,
     ),
 }
 

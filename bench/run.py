@@ -186,7 +186,14 @@ async def machine(dsn: str) -> dict[str, Any]:
 SERVICES = {"progress": "progress_service", "ay": "academic_years_service"}
 
 
-def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, Target]]]:
+def uses_sink(options: Options) -> bool:
+    """Whether a variant names the OTLP sink (`{sink}` in a value, e.g. an OTLP endpoint)."""
+    return any("{sink}" in value for _, _, env in options.variants for value in env.values())
+
+
+def service_targets(
+    options: Options, sa_url: str, sink: str | None = None
+) -> list[tuple[str, dict[str, Target]]]:
     """Each service target is one process per service, as deployed."""
     # The postgresql+asyncpg:// form: every build reads it, also one from before the services
     # took plain postgresql:// URLs (a `before@…` variant).
@@ -200,6 +207,7 @@ def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, 
     if options.workers2:
         variants.append(("service-workers2", REPO_ROOT, {**env, "WORKERS": "2"}))
     for name, source, extra in options.variants:
+        extra = {k: v.replace("{sink}", sink or "") for k, v in extra.items()}
         variants.append((name, source or REPO_ROOT, {**env, **extra}))
     return [
         (
@@ -235,7 +243,11 @@ async def start_targets(
     )
     servers.append(baseline)
     targets = {"baseline": {kind: baseline for kind in SERVICES}}
-    for name, by_kind in service_targets(o, sa_url):
+    sink = None
+    if uses_sink(o):  # an OTLP receiver the tracing variants export to (bench/otlp_sink.py)
+        sink = Server(Target("otlp-sink", ("-m", "bench.otlp_sink")), logs)
+        servers.append(sink)
+    for name, by_kind in service_targets(o, sa_url, sink.addr if sink else None):
         targets[name] = {kind: Server(target, logs) for kind, target in by_kind.items()}
         servers.extend(targets[name].values())
     await asyncio.gather(*(s.wait_ready() for s in servers))
@@ -283,7 +295,8 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
 
 
 def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
-    """`name[@source_dir][:KEY=VALUE,...]`: another service build or setting to compare."""
+    """`name[@source_dir][:KEY=VALUE,...]`: another service build or setting to compare; `{sink}`
+    in a value is the address of an OTLP receiver the run starts (bench/otlp_sink.py)."""
     head, _, settings = text.partition(":")
     name, _, source = head.partition("@")
     env = dict(item.split("=", 1) for item in settings.split(",") if item)
@@ -303,7 +316,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         type=_variant,
-        help="extra service target: name[@source_dir][:KEY=VALUE,...]",
+        help="extra service target: name[@source_dir][:KEY=VALUE,...]; {sink} in a value is the "
+        "address of an OTLP trace receiver the run starts",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
 

@@ -16,11 +16,13 @@ import grpc
 from common.auth import peek_principal
 from common.handlers import Context
 from common.logs import ACCESS_LOGGER, flush_handlers
+from common.tracing import SpanIds, current_ids
 
 log = logging.getLogger(ACCESS_LOGGER)
 
-# What each finished call is reported to besides the access log: method, code, seconds.
-RpcObserver = Callable[[str, grpc.StatusCode, float], None]
+# What each finished call is reported to besides the access log: method, code, seconds, and
+# the span it ran in (when tracing is on).
+RpcObserver = Callable[[str, grpc.StatusCode, float, SpanIds | None], None]
 
 # Finished calls are reported this many seconds after the first of a batch. Logging each call
 # before its response went out cost a loaded server 40-70 us CPU per call (a stub service, 32
@@ -42,18 +44,21 @@ def request_id(context: Context) -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
 
 
-# One finished call: end time, method, code, reason, seconds, request id, user, organization.
+# One finished call: end time, method, code, reason, seconds, request id, user, organization,
+# span.
 _Finished: TypeAlias = tuple[
-    float, str, grpc.StatusCode, str | None, float, str, str | None, str | None
+    float, str, grpc.StatusCode, str | None, float, str, str | None, str | None, SpanIds | None
 ]
 
 
 class AccessLog:
     """Finished calls, reported REPORT_DELAY after the first of each batch: to the observers,
-    then as access lines, each stamped with the time its call ended and all written at once."""
+    then as access lines, each stamped with the time its call ended and all written at once.
+    With `traced`, each also names the span its call ran in (`trace_id`, `span_id`)."""
 
-    def __init__(self, observers: Collection[RpcObserver] = ()) -> None:
+    def __init__(self, observers: Collection[RpcObserver] = (), *, traced: bool = False) -> None:
         self._observers = tuple(observers)
+        self._traced = traced
         self._finished: list[_Finished] = []
 
     def finished(
@@ -77,6 +82,7 @@ class AccessLog:
                 request_id,
                 principal.user_id if principal else None,
                 principal.organization_id if principal else None,
+                current_ids() if self._traced else None,
             )
         )
         if len(self._finished) == 1:
@@ -87,9 +93,9 @@ class AccessLog:
         the last ones."""
         finished, self._finished = self._finished, []
         logging_on = log.isEnabledFor(logging.INFO)
-        for created, method, code, reason, elapsed, req_id, user_id, org_id in finished:
+        for created, method, code, reason, elapsed, req_id, user_id, org_id, ids in finished:
             for observer in self._observers:
-                observer(method, code, elapsed)
+                observer(method, code, elapsed, ids)
             if not logging_on:
                 continue
             extra: dict[str, Any] = {
@@ -101,6 +107,9 @@ class AccessLog:
                 "user_id": user_id,
                 "organization_id": org_id,
             }
+            if ids is not None:
+                extra["trace_id"], extra["span_id"] = ids.hex()
+                extra["trace_sampled"] = ids.sampled
             # Built directly: `log.info` would walk the stack for a caller's file and line that
             # no formatter prints. The time is when the call ended, not when it is written.
             record = log.makeRecord(

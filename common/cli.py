@@ -23,6 +23,7 @@ from common.db.roles import grant_app_role
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
 from common.server import ServiceDefinition, run_loop, serve, wait_for_database
+from common.tracing import check as check_tracing
 
 log = logging.getLogger("cli")
 
@@ -80,6 +81,7 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(definition.name, definition.default_addr, env)
         definition.check_limits(settings)
+        check_tracing(env)
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2

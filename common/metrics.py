@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from common.db import Database
 from common.handlers import Around, Context, Handler, WrappingInterceptor
+from common.tracing import SpanIds
 
 # Seconds; finer at the low end where a healthy RPC lands.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -95,11 +96,18 @@ class ServerMetrics:
         service, name = split_method(method)
         return service, name, self._types.get(method, "unary")
 
-    def observe(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
-        """The `RpcObserver` hook: one outcome of one RPC."""
+    def observe(
+        self, method: str, code: grpc.StatusCode, elapsed: float, ids: SpanIds | None = None
+    ) -> None:
+        """The `RpcObserver` hook: one outcome of one RPC. A call whose trace was sampled is
+        the counter's and the latency bucket's exemplar (shown in the OpenMetrics format)."""
         labels = self.labels(method)
-        self.handled.labels(*labels, code.name).inc()
-        self.seconds.labels(*labels).observe(elapsed)
+        exemplar = None
+        if ids is not None and ids.sampled:
+            trace_id, span_id = ids.hex()
+            exemplar = {"trace_id": trace_id, "span_id": span_id}
+        self.handled.labels(*labels, code.name).inc(exemplar=exemplar)
+        self.seconds.labels(*labels).observe(elapsed, exemplar=exemplar)
 
     def interceptor(self) -> aio.ServerInterceptor:  # type: ignore[type-arg]
         return _StartInterceptor(self)

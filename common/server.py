@@ -31,6 +31,7 @@ from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
 from common.limits import ResponseBound, check_responses
 from common.metrics import ServerMetrics, metrics_port_for
+from common.tracing import Tracing, from_env
 
 log = logging.getLogger("server")
 
@@ -164,8 +165,10 @@ async def start_server(
     db: Database | None = None,
     observers: Sequence[RpcObserver] = (),
     interceptors: Sequence[Interceptor] = (),
+    tracing: Tracing | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first."""
+    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first,
+    after the tracing one (when `tracing` is given), which starts each call's span."""
     definition.check_limits(settings)
     db = db or database(settings)
     options = [
@@ -179,12 +182,17 @@ async def start_server(
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
-    access_log = AccessLog((*observers, metrics.observe) if metrics else observers)
+    access_log = AccessLog(
+        (*observers, metrics.observe) if metrics else observers, traced=tracing is not None
+    )
+    if tracing is not None:
+        db.trace(tracing.tracer)
     # Inside the error mapping, so a refused call is answered (and logged) like any other
     # UNAVAILABLE; before authentication, so a stopping server spends nothing on it.
     admission = Admission()
     server = aio.server(
         interceptors=[
+            *([tracing.interceptor()] if tracing else []),
             *interceptors,
             *([metrics.interceptor()] if metrics else []),
             ErrorInterceptor(definition.domain, access_log),
@@ -216,6 +224,8 @@ async def start_server(
     running = RunningServer(
         server, port, health_servicer, db, access_log, admission, metrics=metrics
     )
+    if tracing is not None:
+        running.extra_shutdown.append(tracing.shutdown)  # the last calls' spans go out
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)
@@ -269,7 +279,9 @@ async def serve(
     db = database(settings)
     await wait_for_database(db)
     await check_role(db, definition, settings)
-    running = await start_server(definition, settings, db=db, interceptors=interceptors)
+    running = await start_server(
+        definition, settings, db=db, interceptors=interceptors, tracing=from_env(definition.name)
+    )
     log.info(
         "serving",
         extra={

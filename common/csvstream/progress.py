@@ -1,9 +1,12 @@
-"""Progress lines in the log for long imports and exports: rows so far and rows per second."""
+"""Progress of long imports and exports, rows so far and rows per second: lines in the log,
+events on the call's span."""
 
 from __future__ import annotations
 
 import logging
 import time
+
+from common import tracing
 
 log = logging.getLogger("csv")
 
@@ -32,6 +35,7 @@ class RateLog:
 
     def _report(self, message: str, rows: int, now: float) -> None:
         elapsed = max(now - self._started, 1e-9)
+        tracing.event(message, rows=rows, rows_per_second=round(rows / elapsed))
         log.info(
             message,
             extra={

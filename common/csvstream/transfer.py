@@ -14,6 +14,7 @@ from common.csvstream.watch import CHECKING, DONE, WRITING, ImportTracker
 from common.db import Database
 from common.db.uow import RepositoryFactory
 from common.tenancy import TenantScope
+from common.tracing import note
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -37,6 +38,7 @@ async def import_csv(
     tracker.follow(reader)
     async with db.unit_of_work(scope, repository) as uow:
         await stage(uow.executor, staging, tracker.staged(reader.rows()))
+        note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
         tracker.phase = CHECKING
         reader.raise_if_invalid()
         if check is not None:
@@ -60,6 +62,11 @@ async def export_csv(
     """CSV chunks of every row `query(repository)` selects, with `header` first."""
     async with db.unit_of_work(scope, repository) as uow:
         statement, params = query(uow.repo)
-        async with stream_csv(uow.executor, statement, params, header, label=label) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        sent = 0
+        try:
+            async with stream_csv(uow.executor, statement, params, header, label=label) as chunks:
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    yield chunk
+        finally:
+            note(**{"csv.rows": uow.executor.copied or 0, "csv.bytes": sent})

@@ -8,10 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from opentelemetry.trace import Tracer
 
 from common.config import ConfigError
 from common.db.errors import is_unavailable, unavailable
 from common.db.outage import Outage
+from common.db.tracing import DbSpans, traced_unit_of_work
 from common.db.uow import R, RepositoryFactory, UnitOfWork
 from common.tenancy import TenantScope
 
@@ -82,6 +84,8 @@ class Database:
         self.pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.outage = Outage(self.ping, max_wait=wait_seconds)
+        # Set when tracing is on (common.tracing): units of work then make database spans.
+        self.spans: DbSpans | None = None
 
     async def open(self) -> asyncpg.Pool:
         async with self._opening:
@@ -101,7 +105,13 @@ class Database:
     ) -> UnitOfWork[R]:
         """One transaction for `scope` (its tenant set for row-level security) with
         `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`."""
+        if self.spans is not None:
+            return traced_unit_of_work(self, scope, repository, self.spans)
         return UnitOfWork(self, scope, repository)
+
+    def trace(self, tracer: Tracer) -> None:
+        """Make a span of each statement, COPY and transaction step inside a recording span."""
+        self.spans = DbSpans(tracer, self.dsn)
 
     async def ping(self) -> None:
         """One round trip; a database that is not there names itself in the error."""

@@ -62,12 +62,14 @@ def _rowcount(status: str) -> int:
 class Executor:
     """Runs statements on the connection a unit of work holds, inside its transaction."""
 
-    __slots__ = ("broken", "conn")
+    __slots__ = ("broken", "conn", "copied")
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         # Set when an operation was interrupted mid-protocol: the connection must not be reused.
         self.broken = False
+        # Rows the last COPY moved, once it has ended.
+        self.copied: int | None = None
 
     async def rows(
         self, statement: Executable, params: Mapping[str, Any] = NO_PARAMS
@@ -98,15 +100,21 @@ class Executor:
         table: str,
         columns: Sequence[str],
         batches: AsyncIterable[Sequence[tuple[Any, ...]]],
-    ) -> None:
-        """Binary COPY of every record of `batches` into `table`, streamed as they arrive."""
+    ) -> int:
+        """Binary COPY of every record of `batches` into `table`, streamed as they arrive;
+        the number of rows copied."""
 
         async def records() -> AsyncIterator[tuple[Any, ...]]:
             async for batch in batches:
                 for record in batch:
                     yield record
 
-        await self.conn.copy_records_to_table(table, records=records(), columns=list(columns))
+        self.copied = None
+        status: str = await self.conn.copy_records_to_table(
+            table, records=records(), columns=list(columns)
+        )
+        self.copied = _rowcount(status)
+        return self.copied
 
     @asynccontextmanager
     async def copy_out(
@@ -121,13 +129,16 @@ class Executor:
 
         async def produce() -> None:
             try:
-                await self.conn.copy_from_query(
+                status: str = await self.conn.copy_from_query(
                     c.sql, *c.args(params), output=queue.put, format="csv"
                 )
             except Exception as exc:
                 await queue.put(exc)
             else:
+                self.copied = _rowcount(status)
                 await queue.put(_DONE)
+
+        self.copied = None
 
         async def pieces() -> AsyncIterator[bytes]:
             while (piece := await queue.get()) is not _DONE:

@@ -64,7 +64,7 @@ class UnitOfWork(Generic[R]):
             await outage.wait(until)  # if not back in time, one try says why it failed
         while True:
             try:
-                await self._begin()
+                await self._start()
                 break
             except BaseException as exc:
                 await self._release(failed=True)
@@ -79,17 +79,29 @@ class UnitOfWork(Generic[R]):
             self.repo = self._factory(self.executor, self._scope)
         return self
 
-    async def _begin(self) -> None:
+    async def _start(self) -> None:
+        """Takes a connection and begins the transaction, naming the tenant."""
         pool = self._db.pool or await self._db.open()
+        conn = self._conn = await self._acquire(pool)
+        self.executor = self._executor(conn)
+        await self._control(conn, _begin_sql(self._scope), "BEGIN")
+
+    async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
         # No timer on the wait for a connection: the call's deadline bounds it.
-        conn = self._conn = await pool.acquire()
-        self.executor = Executor(conn)
-        await conn.execute(_begin_sql(self._scope))
+        return await pool.acquire()
+
+    def _executor(self, conn: asyncpg.Connection) -> Executor:
+        return Executor(conn)
+
+    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> None:
+        """Runs a transaction control statement (`name` is what it does: BEGIN, COMMIT,
+        ROLLBACK; `sql` may carry the tenant)."""
+        await conn.execute(sql)
 
     async def commit(self) -> None:
         assert self._conn is not None
         try:
-            await self._conn.execute("COMMIT")
+            await self._control(self._conn, "COMMIT", "COMMIT")
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
@@ -115,7 +127,7 @@ class UnitOfWork(Generic[R]):
         reusable = not self.executor.broken if hasattr(self, "executor") else False
         if reusable and not self._committed:
             try:
-                await conn.execute("ROLLBACK")
+                await self._control(conn, "ROLLBACK", "ROLLBACK")
             except (Exception, asyncio.CancelledError):
                 reusable = False
         # A connection the server dropped is handed back by asyncpg itself as it closes.

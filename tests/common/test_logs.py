@@ -102,7 +102,7 @@ async def test_finished_calls_are_written_in_one_batch_soon_after(
     stream: CountingStream, access_handler: AccessBufferingHandler
 ) -> None:
     observed: list[tuple[str, grpc.StatusCode]] = []
-    access_log = AccessLog([lambda method, code, _seconds: observed.append((method, code))])
+    access_log = AccessLog([lambda method, code, _seconds, _ids: observed.append((method, code))])
     first_ended = time.time()
     access_log.finished("/s.S/A", grpc.StatusCode.OK, time.perf_counter(), "req-1")
     access_log.finished("/s.S/B", grpc.StatusCode.NOT_FOUND, time.perf_counter(), "req-2")

@@ -58,7 +58,7 @@ class Finished:
         await self._event(method).wait()
         return self.codes[method]
 
-    def __call__(self, method: str, code: grpc.StatusCode, _elapsed: float) -> None:
+    def __call__(self, method: str, code: grpc.StatusCode, _elapsed: float, _ids: Any) -> None:
         name = method.rsplit("/", 1)[-1]
         self.codes[name] = code
         self._event(name).set()
