@@ -12,6 +12,7 @@ from sqlalchemy import (
     Executable,
     Select,
     Text,
+    and_,
     bindparam,
     cast,
     exists,
@@ -90,13 +91,22 @@ def _repeats_first() -> Select[Any]:
 
 @cache
 def _taken_statement() -> Select[Any]:
-    """Lines whose id belongs to an existing year (in any organization, even deleted), among
-    the rows that will be inserted (their importHash is new)."""
+    """Lines whose id the caller's organization holds already (even deleted), among the rows
+    that will be inserted (their importHash is new to the organization). Ids are keyed within
+    the organization: another organization's id is as free as an unused one, so the answer
+    tells nothing about other organizations."""
+    organization = bindparam("organization", type_=UUID_TYPE)
     other = t.alias("other")
-    hash_taken = exists().where(other.c.importHash == _s.importHash)
+    hash_taken = exists().where(
+        other.c.organizationId == organization, other.c.importHash == _s.importHash
+    )
     return (
         select(_s.line)
-        .join_from(STAGING.table, t, t.c.id == cast(_s.id, UUID_TYPE))
+        .join_from(
+            STAGING.table,
+            t,
+            and_(t.c.organizationId == organization, t.c.id == cast(_s.id, UUID_TYPE)),
+        )
         .where(or_(_s.importHash.is_(None), ~hash_taken))
         .order_by(_s.line)
         .limit(bindparam("limit"))
@@ -105,8 +115,8 @@ def _taken_statement() -> Select[Any]:
 
 @cache
 def _insert_statement() -> Executable:
-    """The staged rows in file order, skipping every row whose importHash is taken (the column
-    is UNIQUE, so earlier rows of the file take it too)."""
+    """The staged rows in file order, skipping every row whose importHash the organization
+    holds (the key is unique per organization, so earlier rows of the file take it too)."""
     stamp = row_timestamp(bindparam("now", type_=UtcDateTime), _s.row_index)
     user = bindparam("user", type_=UUID_TYPE)
     source = select(
@@ -129,7 +139,7 @@ def _insert_statement() -> Executable:
     return (
         insert(t)
         .from_select(columns, source)
-        .on_conflict_do_nothing(index_elements=[t.c.importHash])
+        .on_conflict_do_nothing(index_elements=[t.c.organizationId, t.c.importHash])
     )
 
 
@@ -144,7 +154,8 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
         return [(int(a), int(b)) for a, b in rows], total
 
     async def taken_ids(self, limit: int) -> list[int]:
-        return [int(r[0]) for r in await self.db.rows(_taken_statement(), {"limit": limit})]
+        params = {"limit": limit, "organization": self.owner(None)}
+        return [int(r[0]) for r in await self.db.rows(_taken_statement(), params)]
 
     async def apply_import(self) -> int:
         """Inserts the staged rows into the caller's organization; returns rows created."""

@@ -180,7 +180,9 @@ def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) 
 
 @cache
 def get_statement(global_access: bool) -> Select[Any]:
-    """A year with its organization's id and name, in one joined query."""
+    """A year with its organization's id and name, in one joined query. Two rows at most: a
+    global-access caller's id may name a year in each of several organizations, which the
+    repository refuses as ambiguous."""
     o = organizations
     scope = readable(t, global_access)
     return (
@@ -188,6 +190,7 @@ def get_statement(global_access: bool) -> Select[Any]:
         .select_from(t)
         .outerjoin(o, o.c.id == t.c.organizationId)
         .where(scope, t.c.id == bindparam("year_id"))
+        .limit(2)
     )
 
 
