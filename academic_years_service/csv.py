@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -25,8 +25,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from academic_years_service.domain import MAX_NAME_LENGTH, AcademicYearFilter, Ordering
 from academic_years_service.repository import AcademicYearsRepository
-from academic_years_service.statements import export_statement, filter_binds
+from academic_years_service.statements import (
+    export_boundary_statement,
+    export_statement,
+    filter_binds,
+    sort_key,
+)
 from academic_years_service.tables import academic_years as t
+from common import keyset
 from common.csvstream import CellError, CsvColumn, boolean, date, uuid_text
 from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
@@ -162,9 +168,14 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
         params = {"now": utcnow(), "user": self.scope.user_id, "organization": self.owner(None)}
         return await self.db.execute(_insert_statement(), params)
 
-    def export(
-        self, f: AcademicYearFilter, ordering: Ordering
-    ) -> tuple[Select[Any], dict[str, Any]]:
+    def export(self, f: AcademicYearFilter, ordering: Ordering) -> keyset.Walk:
+        """Every row List would return, in its order, a keyset page at a time."""
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
-        return export_statement(self.global_access, shape, ordering), params
+        scope = (self.global_access, shape, ordering)
+        return keyset.Walk(
+            sort_key(ordering),
+            params,
+            partial(export_statement, *scope),
+            partial(export_boundary_statement, *scope),
+        )

@@ -25,11 +25,14 @@ from academic_years_service.statements import (
     escape_like,
     filter_binds,
     get_statement,
+    keyset_statement,
     page_statement,
     references_statement,
+    sort_key,
 )
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import classes, timetables
+from common import keyset
 from common.db import UUID_TYPE, Record, utcnow
 from common.errors import AlreadyExistsError, FailedPreconditionError
 from common.pagination import PageRequest
@@ -224,14 +227,38 @@ class AcademicYearsRepository(TenantRepository):
         )
 
     async def page(
-        self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest
-    ) -> tuple[list[AcademicYear], int]:
+        self,
+        f: AcademicYearFilter,
+        ordering: Ordering,
+        paging: PageRequest,
+        position: list[Any] | None,
+        *,
+        counted: bool = True,
+    ) -> tuple[list[AcademicYear], int | None, list[Any] | None]:
+        """One page, by `page` number (OFFSET) or after `position` (keyset; the first page when
+        neither is given); the count before paging unless not `counted`; and where the next
+        page starts, unless this is the last one (a row more than the page is read to tell)."""
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
-        count = int(await self.db.scalar(count_statement(self.global_access, shape), params))
-        statement = page_statement(self.global_access, shape, ordering)
-        paged = {**params, "limit": page.limit, "offset": page.offset}
-        return [to_domain(r) for r in await self.db.rows(statement, paged)], count
+        count = None
+        if counted:
+            count = int(await self.db.scalar(count_statement(self.global_access, shape), params))
+        key = sort_key(ordering)
+        if paging.offset:
+            statement = page_statement(self.global_access, shape, ordering)
+            params["offset"] = paging.offset
+        else:
+            after = None
+            if position is not None:
+                after, binds = keyset.resume(t, key, position)
+                params.update(binds)
+            statement = keyset_statement(self.global_access, shape, ordering, after)
+        params["limit"] = paging.limit + 1
+        records = await self.db.rows(statement, params)
+        more = len(records) > paging.limit
+        records = records[: paging.limit]
+        last = keyset.position(records[-1], key) if more else None
+        return [to_domain(r) for r in records], count, last
 
     async def count(self, f: AcademicYearFilter) -> int:
         shape, params = filter_binds(f)

@@ -30,17 +30,20 @@ from academic_years_service.domain import (
 )
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.statements import SORT_COLUMNS
+from common import pagetoken
 from common.auth import Principal
 from common.csvstream import CsvLimits, CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
+from common.pagetoken import PageTokens
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import TenantScope, require_permission, tenant_scope
 from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
 REPORTED_LINES = 20
+LISTING = "academic_years.v1.AcademicYearsService/ListAcademicYears"
 
 
 def not_found() -> NotFoundError:
@@ -136,8 +139,11 @@ async def check_ids(repository: AcademicYearsCsvRepository) -> None:
 
 
 class AcademicYearsService:
-    def __init__(self, db: Database, csv_limits: CsvLimits | None = None) -> None:
+    def __init__(
+        self, db: Database, tokens: PageTokens, csv_limits: CsvLimits | None = None
+    ) -> None:
         self._db = db
+        self._tokens = tokens
         self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
@@ -201,14 +207,27 @@ class AcademicYearsService:
         return year
 
     async def list_page(
-        self, principal: Principal, request: FilterRequest, limit: int, page: int
+        self,
+        principal: Principal,
+        request: FilterRequest,
+        limit: int,
+        page: int,
+        page_token: str = "",
+        skip_count: bool = False,
     ) -> Page:
+        """A page by number (`page`), or the page after `page_token`, which is only good for
+        this caller, filter and order; the token of the next page unless this is the last."""
         scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
-        paging = resolve_pagination(limit, page)
+        paging = resolve_pagination(limit, page, page_token)
+        bound = pagetoken.binding(LISTING, scope, (f, ordering))
+        position = self._tokens.read(paging.token, bound) if paging.token else None
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            rows, count = await uow.repo.page(f, ordering, paging)
-        return Page(rows, count)
+            rows, count, last = await uow.repo.page(
+                f, ordering, paging, position, counted=not skip_count
+            )
+        next_token = "" if last is None else self._tokens.issue(bound, last)
+        return Page(rows, count or 0, next_token)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         scope = authorize(principal, READ)

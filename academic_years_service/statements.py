@@ -25,6 +25,7 @@ from sqlalchemy import (
 from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import organizations
+from common import keyset
 from common.csvstream import formula_safe
 from common.db import UUID_TYPE
 from common.repository import readable
@@ -145,15 +146,14 @@ def filter_clauses(shape: FilterShape) -> list[ColumnElement[bool]]:
     return clauses
 
 
+def sort_key(ordering: Ordering) -> keyset.SortKey:
+    """The order as a keyset key: the field, NULLs last where it has them, then `id`."""
+    return keyset.SortKey(ordering.field, ordering.descending, ordering.field in _NULLABLE_SORT)
+
+
 def order_by(ordering: Ordering) -> list[Any]:
     """The requested order plus `id` in the same direction, so pages never overlap."""
-    column = SORT_COLUMNS[ordering.field]
-    key = column.desc() if ordering.descending else column.asc()
-    if ordering.field in _NULLABLE_SORT:
-        key = key.nulls_last()  # NULL after every value, whichever the direction
-    if ordering.field == "id":
-        return [key]
-    return [key, t.c.id.desc() if ordering.descending else t.c.id.asc()]
+    return keyset.order_by(t, sort_key(ordering))
 
 
 def _listed(global_access: bool, shape: FilterShape) -> list[ColumnElement[bool]]:
@@ -168,7 +168,8 @@ def count_statement(global_access: bool, shape: FilterShape) -> Select[Any]:
 
 @lru_cache(maxsize=512)
 def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
-    """One page in `ordering`; binds `limit` and `offset` besides the filter's values."""
+    """One page by `page` number (OFFSET, for old callers); binds `limit` and `offset` besides
+    the filter's values."""
     return (
         select(*COLUMNS)
         .where(*_listed(global_access, shape))
@@ -176,6 +177,19 @@ def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) 
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
+
+
+def _rows(source: Any) -> list[Any]:
+    return [source.c[c.name] for c in COLUMNS]
+
+
+@lru_cache(maxsize=1024)
+def keyset_statement(
+    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+) -> Select[Any]:
+    """The first page (`after` None) or the page after a position in region `after`; binds
+    `limit` and the position's `k_value`/`k_id` besides the filter's values."""
+    return keyset.page(t, _listed(global_access, shape), sort_key(ordering), after, _rows)
 
 
 @cache
@@ -208,11 +222,31 @@ def references_statement(table: Table, without_org: bool) -> Select[Any]:
     )
 
 
+def _export_cells(source: Any) -> list[Any]:
+    return [source.c.id, formula_safe(source.c.name), source.c.start_date, source.c.end_date]
+
+
 @lru_cache(maxsize=512)
-def export_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
-    """Every row List would return for the filter, as CSV cells (text escaped), no paging."""
-    columns = (t.c.id, formula_safe(t.c.name), t.c.start_date, t.c.end_date)
-    return select(*columns).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
+def export_statement(
+    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+) -> Select[Any]:
+    """A batch of the rows List would return, as CSV cells (text escaped): a keyset page of
+    `limit` rows after the position bound in `k_value`/`k_id` (region `after`)."""
+    where = _listed(global_access, shape)
+    return keyset.page(t, where, sort_key(ordering), after, _export_cells)
+
+
+@lru_cache(maxsize=512)
+def export_boundary_statement(
+    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+) -> Select[Any]:
+    """The sort key of the last row of that batch (the row at `skip`), if the batch is full."""
+    key = sort_key(ordering)
+
+    def cells(source: Any) -> list[Any]:
+        return [source.c[key.column], source.c[key.id]]
+
+    return keyset.page(t, _listed(global_access, shape), key, after, cells, nth=True)
 
 
 @cache

@@ -34,7 +34,8 @@ log = logging.getLogger("server")
 
 MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
-Register = Callable[[aio.Server, Database], None]
+# Adds a service's servicers to the server, built on the process's pool and settings.
+Register = Callable[[aio.Server, Database, Settings], None]
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ async def start_server(
     if settings.workers > 1:
         interceptors.insert(0, ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}"))
     server = aio.server(interceptors=interceptors, options=options)
-    definition.register(server, db)
+    definition.register(server, db, settings)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

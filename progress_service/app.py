@@ -7,7 +7,9 @@ from pathlib import Path
 from grpc import aio
 from progress.v1 import progress_pb2, progress_pb2_grpc
 
+from common.config import Settings
 from common.db import Database
+from common.pagetoken import PageTokens
 from common.server import ServiceDefinition
 from progress_service.service import UserProgressService
 from progress_service.servicer import UserProgressServicer
@@ -15,9 +17,10 @@ from progress_service.servicer import UserProgressServicer
 SERVICE_NAME = progress_pb2.DESCRIPTOR.services_by_name["UserProgressService"].full_name
 
 
-def register(server: aio.Server, db: Database) -> None:
+def register(server: aio.Server, db: Database, settings: Settings) -> None:
+    service = UserProgressService(db, PageTokens.from_settings(settings))
     progress_pb2_grpc.add_UserProgressServiceServicer_to_server(
-        UserProgressServicer(UserProgressService(db)), server
+        UserProgressServicer(service), server
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
+from common import keyset
 from common.csvstream import CellError, CsvColumn, formula_safe, int32, json_text
 from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
@@ -150,27 +151,49 @@ class ProgressCsvRepository(TenantRepository):
         written = await self.db.execute(_upsert_statement(), params)
         return written - updated, updated
 
-    def export(self, progress_type: str | None) -> tuple[Select[Any], dict[str, Any]]:
-        """The caller's rows (of one type, when given) as CSV cells, oldest first."""
-        return (
-            _export_statement(self.global_access, progress_type is not None),
+    def export(self, progress_type: str | None) -> keyset.Walk:
+        """The caller's rows (of one type, when given) as CSV cells, oldest first, a keyset
+        page at a time."""
+        with_type = progress_type is not None
+        return keyset.Walk(
+            EXPORT_ORDER,
             self.binds(b_type=progress_type),
+            partial(_export_statement, self.global_access, with_type),
+            partial(_export_boundary, self.global_access, with_type),
         )
+
+
+# Oldest first: the order a re-import keeps.
+EXPORT_ORDER = keyset.SortKey("createdAt")
+
+
+def _export_cells(source: Any) -> list[Any]:
+    return [
+        type_coerce(source.c.progress_type, Text),
+        formula_safe(source.c.item_id),
+        formula_safe(source.c.value),
+        source.c.score,
+        type_coerce(source.c["metadata"], Text),
+    ]
+
+
+def _export_where(global_access: bool, with_type: bool) -> list[Any]:
+    where = [ProgressCsvRepository.readable(global_access)]
+    if with_type:
+        where.append(t.c.progress_type == bindparam("b_type"))
+    return where
 
 
 @cache
-def _export_statement(global_access: bool, with_type: bool) -> Select[Any]:
-    where = ProgressCsvRepository.readable(global_access)
-    if with_type:
-        where = and_(where, t.c.progress_type == bindparam("b_type"))
-    return (
-        select(
-            type_coerce(t.c.progress_type, Text),
-            formula_safe(t.c.item_id),
-            formula_safe(t.c.value),
-            t.c.score,
-            type_coerce(t.c["metadata"], Text),
-        )
-        .where(where)
-        .order_by(t.c.createdAt, t.c.id)
-    )
+def _export_statement(global_access: bool, with_type: bool, after: str | None) -> Select[Any]:
+    where = _export_where(global_access, with_type)
+    return keyset.page(t, where, EXPORT_ORDER, after, _export_cells)
+
+
+@cache
+def _export_boundary(global_access: bool, with_type: bool, after: str | None) -> Select[Any]:
+    def cells(source: Any) -> list[Any]:
+        return [source.c.createdAt, source.c.id]
+
+    where = _export_where(global_access, with_type)
+    return keyset.page(t, where, EXPORT_ORDER, after, cells, nth=True)

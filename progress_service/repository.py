@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import Insert, insert
 
+from common import keyset
 from common.db import Record, utcnow
 from common.pagination import PageRequest
 from common.repository import TenantRepository
@@ -37,6 +38,12 @@ COLUMNS = (
     t.c.updatedAt,
 )
 _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
+# The list's one order, newest first; `user_progress_user_type_created` reads it.
+LIST_ORDER = keyset.SortKey("createdAt", descending=True)
+
+
+def _rows(source: Any) -> list[Any]:
+    return [source.c[c.name] for c in COLUMNS]
 
 
 def to_domain(record: Record) -> UserProgress:
@@ -83,13 +90,21 @@ class UserProgressRepository(TenantRepository):
     @classmethod
     @cache
     def _page_statement(cls, global_access: bool, with_item: bool) -> Select[Any]:
+        """A page by number (OFFSET), for callers that still send `page`."""
         return (
             select(*COLUMNS)
             .where(cls._matching(global_access, with_item))
-            .order_by(t.c.createdAt.desc(), t.c.id.desc())
-            .limit(bindparam("b_limit"))
+            .order_by(*keyset.order_by(t, LIST_ORDER))
+            .limit(bindparam("limit"))
             .offset(bindparam("b_offset"))
         )
+
+    @classmethod
+    @cache
+    def _keyset_statement(cls, global_access: bool, with_item: bool, after: bool) -> Select[Any]:
+        """The first page, or the page after the position bound in `k_value`/`k_id`."""
+        where = [cls._matching(global_access, with_item)]
+        return keyset.page(t, where, LIST_ORDER, keyset.VALUE if after else None, _rows)
 
     @classmethod
     @cache
@@ -134,14 +149,33 @@ class UserProgressRepository(TenantRepository):
         return progress, progress.created_at == now
 
     async def list(
-        self, progress_type: str, item_id: str | None, page: PageRequest
-    ) -> tuple[list[UserProgress], int]:
+        self,
+        progress_type: str,
+        item_id: str | None,
+        page: PageRequest,
+        position: list[Any] | None,
+        *,
+        counted: bool = True,
+    ) -> tuple[list[UserProgress], int | None, list[Any] | None]:
+        """One page, by number (OFFSET) or after `position` (keyset); the count before paging
+        unless not `counted`; and where the next page starts, unless this is the last."""
         shape = (self.global_access, item_id is not None)
-        params = self.binds(b_type=progress_type, b_item=item_id)
-        count = await self.db.scalar(self._count_statement(*shape), params)
-        paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
-        rows = await self.db.rows(self._page_statement(*shape), paged)
-        return [to_domain(r) for r in rows], int(count)
+        params = self.binds(b_type=progress_type, b_item=item_id, limit=page.limit + 1)
+        count = None
+        if counted:
+            count = int(await self.db.scalar(self._count_statement(*shape), params))
+        if page.offset:
+            statement = self._page_statement(*shape)
+            params["b_offset"] = page.offset
+        else:
+            if position is not None:
+                params.update(keyset.resume(t, LIST_ORDER, position)[1])
+            statement = self._keyset_statement(*shape, position is not None)
+        records = await self.db.rows(statement, params)
+        more = len(records) > page.limit
+        records = records[: page.limit]
+        last = keyset.position(records[-1], LIST_ORDER) if more else None
+        return [to_domain(r) for r in records], count, last
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self.binds(b_type=progress_type, b_item=item_id, b_now=utcnow())

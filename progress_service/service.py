@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 
+from common import pagetoken
 from common.auth import Principal
 from common.csvstream import CsvLimits, CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database
 from common.errors import ValidationError
+from common.pagetoken import PageTokens
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
 from common.validation import text_violations
@@ -17,10 +19,15 @@ from progress_service.domain import ImportSummary, Page, UserProgress, UserProgr
 from progress_service.repository import UserProgressRepository
 from progress_service.validation import check_progress_type, clean_item_id, validate_input
 
+LISTING = "progress.v1.UserProgressService/ListUserProgress"
+
 
 class UserProgressService:
-    def __init__(self, db: Database, csv_limits: CsvLimits | None = None) -> None:
+    def __init__(
+        self, db: Database, tokens: PageTokens, csv_limits: CsvLimits | None = None
+    ) -> None:
         self._db = db
+        self._tokens = tokens
         self._csv_limits = csv_limits or CsvLimits.from_env()
 
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
@@ -38,7 +45,11 @@ class UserProgressService:
         item_id: str | None,
         limit: int,
         page: int,
+        page_token: str = "",
+        skip_count: bool = False,
     ) -> Page:
+        """A page by number (`page`), or the page after `page_token`, which is only good for
+        this caller, type and item; the token of the next page unless this is the last."""
         scope = tenant_scope(principal)
         violations = check_progress_type(progress_type, "progress_type")
         if item_id is not None:
@@ -46,10 +57,15 @@ class UserProgressService:
             violations += text_violations(item_id, "item_id")
         if violations:
             raise ValidationError(violations)
-        paging = resolve_pagination(limit, page)
+        paging = resolve_pagination(limit, page, page_token)
+        bound = pagetoken.binding(LISTING, scope, (progress_type, item_id))
+        position = self._tokens.read(paging.token, bound) if paging.token else None
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
-            rows, count = await uow.repo.list(progress_type, item_id, paging)
-        return Page(rows, count)
+            rows, count, last = await uow.repo.list(
+                progress_type, item_id, paging, position, counted=not skip_count
+            )
+        next_token = "" if last is None else self._tokens.issue(bound, last)
+        return Page(rows, count or 0, next_token)
 
     async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
         scope = tenant_scope(principal)

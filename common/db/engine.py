@@ -83,11 +83,12 @@ class Database:
             return self.pool
 
     def unit_of_work(
-        self, scope: TenantScope | None, repository: RepositoryFactory[R]
+        self, scope: TenantScope | None, repository: RepositoryFactory[R], *, snapshot: bool = False
     ) -> UnitOfWork[R]:
         """One transaction for `scope` (its tenant set for row-level security) with
-        `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`."""
-        return UnitOfWork(self, scope, repository)
+        `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`. `snapshot`: read only,
+        every statement on the same snapshot (REPEATABLE READ)."""
+        return UnitOfWork(self, scope, repository, snapshot=snapshot)
 
     async def ping(self) -> None:
         """One round trip; a database that is not there names itself in the error."""

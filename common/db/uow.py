@@ -25,14 +25,20 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _begin_sql(scope: TenantScope | None) -> str:
+# A read-only transaction on one snapshot: every statement sees the same rows (an export
+# read in several keyset batches neither repeats nor misses a row that changes meanwhile).
+SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+def _begin_sql(scope: TenantScope | None, snapshot: bool = False) -> str:
     """BEGIN and the caller's tenant, read by the row-level security policies (local to the
     transaction), in one message: one round trip instead of two per call. The values are ids
     the token verifier checked as UUIDs; quoting keeps the statement well-formed regardless."""
+    begin = SNAPSHOT if snapshot else "BEGIN"
     if scope is None:
-        return "BEGIN"
+        return begin
     return (
-        "BEGIN; SELECT set_config('app.organization_id', "
+        f"{begin}; SELECT set_config('app.organization_id', "
         f"{_quote(scope.organization_id or '')}, true), "
         f"set_config('app.user_id', {_quote(scope.user_id)}, true), "
         f"set_config('app.global_access', '{'on' if scope.global_access else 'off'}', true)"
@@ -44,14 +50,31 @@ class UnitOfWork(Generic[R]):
     writes last only if it calls `await uow.commit()`, and are rolled back otherwise. A lost
     database, here or in the block, leaves as UNAVAILABLE."""
 
-    __slots__ = ("_committed", "_conn", "_db", "_factory", "_scope", "executor", "repo")
+    __slots__ = (
+        "_committed",
+        "_conn",
+        "_db",
+        "_factory",
+        "_scope",
+        "_snapshot",
+        "executor",
+        "repo",
+    )
 
     executor: Executor
     repo: R
 
-    def __init__(self, db: Database, scope: TenantScope | None, factory: RepositoryFactory[R]):
+    def __init__(
+        self,
+        db: Database,
+        scope: TenantScope | None,
+        factory: RepositoryFactory[R],
+        *,
+        snapshot: bool = False,
+    ):
         self._db = db
         self._scope = scope
+        self._snapshot = snapshot
         self._factory = factory
         self._committed = False
         self._conn: asyncpg.Connection | None = None
@@ -62,7 +85,7 @@ class UnitOfWork(Generic[R]):
             # No timer on the wait for a connection: the call's deadline bounds it.
             conn = self._conn = await pool.acquire()
             self.executor = Executor(conn)
-            await conn.execute(_begin_sql(self._scope))
+            await conn.execute(_begin_sql(self._scope, self._snapshot))
         except BaseException as exc:
             await self._release(failed=True)
             if isinstance(exc, Exception) and is_unavailable(exc):
