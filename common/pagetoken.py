@@ -32,7 +32,7 @@ DERIVATION_LABEL = b"school-grpc page_token v1"
 # The largest token accepted: a position holds one sort value (a name is at most 500
 # characters, 2000 bytes in UTF-8) and an id.
 MAX_TOKEN_CHARS = 4096
-FIELD = "page_token"
+FIELD = "pageToken"  # as violations name it: the JSON name a REST caller sends
 
 
 def invalid() -> ValidationError:

@@ -28,7 +28,7 @@ def resolve_pagination(limit: int | None, page: int | None, page_token: str = ""
     if page is not None and page < 0:
         violations.append(FieldViolation("page", "must not be negative"))
     if page_token and page:
-        violations.append(FieldViolation("page_token", "cannot be combined with page"))
+        violations.append(FieldViolation("pageToken", "cannot be combined with page"))
     if violations:
         raise ValidationError(violations)
     size = min(limit or DEFAULT_LIMIT, MAX_LIMIT)

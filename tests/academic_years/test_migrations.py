@@ -124,7 +124,8 @@ def test_existing_postgres_tables_are_adopted_with_their_rows(scratch_pg: str) -
 
 KEYS = (
     "SELECT c.relname::text, array_agg(a.attname::text ORDER BY k.n) "
-    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
     "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
     "WHERE i.indrelid = 'academic_years'::regclass AND i.indisunique GROUP BY 1 ORDER BY 1"
 )

@@ -145,7 +145,7 @@ async def test_a_token_is_refused_for_another_filter_order_or_caller_or_when_alt
             listing(academic_years, who, limit=2, page_token=token, **request),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert [f for f, _ in error.violations] == ["page_token"], request
+        assert [f for f, _ in error.violations] == ["pageToken"], request
     assert (await listing(academic_years, reader, limit=2, name="year", page_token=token)).rows
     altered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
     for bad in (altered, token[::-1], "not a token"):
@@ -153,12 +153,12 @@ async def test_a_token_is_refused_for_another_filter_order_or_caller_or_when_alt
             listing(academic_years, caller, limit=2, name="year", page_token=bad),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert [f for f, _ in error.violations] == ["page_token"]
+        assert [f for f, _ in error.violations] == ["pageToken"]
     error = await expect_error(
         listing(academic_years, caller, page=1, page_token=token, name="year"),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert [f for f, _ in error.violations] == ["page_token"]
+    assert [f for f, _ in error.violations] == ["pageToken"]
 
 
 async def test_export_reads_keyset_batches_in_lists_order(

@@ -57,7 +57,7 @@ def test_a_token_reads_back_only_for_its_list_caller_filter_and_order() -> None:
     errors = {str(refused(tokens, token, other)) for other in others}
     assert len(errors) == 1  # one answer, whatever the reason
     [violation] = refused(tokens, token, others[0]).violations
-    assert violation.field == "page_token"
+    assert violation.field == "pageToken"
 
 
 def test_an_altered_token_or_another_key_is_refused() -> None:
@@ -88,7 +88,7 @@ def test_the_key_is_the_dedicated_secret_or_derived_from_the_jwt_secret() -> Non
 def test_page_and_page_token_together_are_refused() -> None:
     with pytest.raises(ValidationError) as caught:
         resolve_pagination(10, 2, "token")
-    assert [v.field for v in caught.value.violations] == ["page_token"]
+    assert [v.field for v in caught.value.violations] == ["pageToken"]
     assert resolve_pagination(10, 0, "token").token == "token"
     assert resolve_pagination(10, 3).offset == 30
 

@@ -100,11 +100,11 @@ async def test_a_token_is_good_only_for_its_caller_type_and_item(progress: Harne
             listing(progress, who, limit=2, page_token=token, **request),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert [f for f, _ in error.violations] == ["page_token"], request
+        assert [f for f, _ in error.violations] == ["pageToken"], request
     error = await expect_error(
         listing(progress, caller, page=1, page_token=token), grpc.StatusCode.INVALID_ARGUMENT
     )
-    assert [f for f, _ in error.violations] == ["page_token"]
+    assert [f for f, _ in error.violations] == ["pageToken"]
 
 
 async def test_export_reads_keyset_batches_oldest_first(
