@@ -104,6 +104,41 @@ def create_index(
     )
 
 
+def index_columns(bind: Any, name: str) -> list[str]:
+    """The columns of index `name`, in key order ([] when there is no such index)."""
+    rows = _rows(
+        bind,
+        "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace "
+        "ORDER BY k.n",
+        name=name,
+    )
+    return [r[0] for r in rows]
+
+
+def rebuild_index(
+    bind: Any,
+    name: str,
+    table: str,
+    columns: list[str],
+    *,
+    unique: bool = False,
+    where: str | None = None,
+) -> None:
+    """Index `name` on `columns` (in that order) in place of one on other columns, without a
+    moment with neither: built concurrently under a new name, the old one dropped
+    concurrently, the new one renamed (SHARE UPDATE EXCLUSIVE, an instant)."""
+    if index_columns(bind, name) == columns:
+        return
+    built = f"{name}_new"
+    listed = ", ".join(f'"{c}"' for c in columns)
+    create_index(bind, built, table, listed, unique=unique, where=where)
+    drop_index(bind, name)
+    brief(bind, f'ALTER INDEX "{built}" RENAME TO "{name}"')
+
+
 def drop_index(bind: Any, name: str) -> None:
     """DROP INDEX CONCURRENTLY: waits for the transactions using the index, blocks nobody."""
     bind.exec_driver_sql(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')

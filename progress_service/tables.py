@@ -55,13 +55,14 @@ Index(
     user_progress.c.importHash,
     unique=True,
 )
-# One live row per (organization, user, type, item): the target of the atomic upsert.
+# One live row per (organization, user, type, item): the target of the atomic upsert. The user
+# leads, so a global-access caller's rows of one item are found by it too.
 Index(
     "user_progress_owner_item_key",
-    user_progress.c.organizationId,
     user_progress.c.userId,
     user_progress.c.progress_type,
     user_progress.c.item_id,
+    user_progress.c.organizationId,
     unique=True,
     postgresql_where=LIVE,
 )

@@ -40,7 +40,7 @@ NOT_NULL = (
 )
 KEYS_AFTER = [
     ("user_progress_org_import_hash_key", ["organizationId", "importHash"]),
-    ("user_progress_owner_item_key", ["organizationId", "userId", "progress_type", "item_id"]),
+    ("user_progress_owner_item_key", ["userId", "progress_type", "item_id", "organizationId"]),
     ("user_progress_pkey", ["organizationId", "id"]),
 ]
 
@@ -77,6 +77,11 @@ def test_every_key_contains_the_organization_and_downgrade_restores_the_old_ones
     [keys, [(not_null,)]] = asyncio.run(_sql(scratch_pg, [KEYS, NOT_NULL]))
     assert ("user_progress_pkey", ["id"]) in keys
     assert ("user_progress_importHash_key", ["importHash"]) in keys
+    owner = (
+        "user_progress_owner_item_key",
+        ["organizationId", "userId", "progress_type", "item_id"],
+    )
+    assert owner in keys
     assert not_null  # revision 0001 made it NOT NULL already
     _upgrade(scratch_pg)
     assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == KEYS_AFTER

@@ -7,7 +7,9 @@ Create Date: 2027-01-12
 Why: a table-wide UNIQUE "importHash" let one organization learn that another holds a hash,
 and Citus enforces a primary key or UNIQUE index only when it contains the distribution column
 ("organizationId", see docs/scaling.md). The upsert's key (organization, user, type, item)
-contains it already; the primary key and the import hash now do too.
+contains it already; the primary key and the import hash now do too. The upsert's key is
+rebuilt as (user, type, item, organization): the same key, which now also serves a
+global-access caller's list of one item (the user's rows in every organization).
 
 Safe on a live table. Every step is its own transaction (autocommit), so a lock lasts as long
 as its statement; steps marked "instant" take ACCESS EXCLUSIVE, give up after
@@ -21,9 +23,12 @@ run leaves the table usable and a re-run finishes the job:
 3. CREATE UNIQUE INDEX CONCURRENTLY ("organizationId", id) and ("organizationId", "importHash")
    (SHARE UPDATE EXCLUSIVE: writes go on);
 4. the primary key becomes ("organizationId", id) USING the first (instant), and the old UNIQUE
-   ("importHash") is dropped (instant).
+   ("importHash") is dropped (instant);
+5. user_progress_owner_item_key rebuilt in its new column order: CREATE UNIQUE INDEX
+   CONCURRENTLY under a new name, DROP INDEX CONCURRENTLY the old one (the upsert's ON CONFLICT
+   finds either, as both are on the same columns), RENAME (an instant).
 
-Downgrade undoes 3 and 4 the same way, and refuses (changing nothing) when rows written since
+Downgrade undoes 3 to 5 the same way, and refuses (changing nothing) when rows written since
 hold a hash in two organizations. "organizationId" stays NOT NULL, as revision 0001 made it.
 """
 
@@ -38,6 +43,8 @@ TABLE = "user_progress"
 KEY = ["organizationId", "id"]
 BUILT_KEY = "user_progress_org_id_key"  # renamed user_progress_pkey when it becomes the key
 IMPORT_HASH_KEY = "user_progress_org_import_hash_key"
+OWNER_KEY = "user_progress_owner_item_key"
+LIVE = '"deletedAt" IS NULL'
 
 
 def upgrade() -> None:
@@ -59,6 +66,8 @@ def upgrade() -> None:
         ddl.replace_primary_key(bind, TABLE, KEY, BUILT_KEY)
         for name in ddl.unique_constraints_on(bind, TABLE, ["importHash"]):
             ddl.drop_constraint(bind, TABLE, name)
+        owner = ["userId", "progress_type", "item_id", "organizationId"]
+        ddl.rebuild_index(bind, OWNER_KEY, TABLE, owner, unique=True, where=LIVE)
 
 
 def downgrade() -> None:
@@ -78,3 +87,5 @@ def downgrade() -> None:
                 f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{hash_key}" UNIQUE USING INDEX "{hash_key}"',
             )
         ddl.drop_index(bind, IMPORT_HASH_KEY)
+        owner = ["organizationId", "userId", "progress_type", "item_id"]
+        ddl.rebuild_index(bind, OWNER_KEY, TABLE, owner, unique=True, where=LIVE)
