@@ -117,11 +117,26 @@ def page(
     cells: Cells,
     *,
     nth: bool = False,
+    parts: Sequence[ColumnElement[bool]] = (),
 ) -> Select[Any]:
     """`cells` of the first `:limit` rows of `where` in `key`'s order, after the position bound
     in `k_value`/`k_id` whose region is `after` (None: from the start). With `nth`, only the
-    row at 0-based `:skip` of that page (an export's batch boundary)."""
-    if not key.nulls or key.by_id:
+    row at 0-based `:skip` of that page (an export's batch boundary).
+
+    `parts` (a key without NULLs only) splits the rows into branches an index orders each,
+    say one per value of a column the index leads with, merged like the NULL branch is."""
+    if parts:
+        assert not key.nulls, "parts are for keys without NULLs"
+        branches = [
+            select(*table.c)
+            .where(*where, part, *([_beyond(table, key, VALUE)] if after is not None else []))
+            .order_by(*order_by(table, key))
+            .limit(bindparam("limit"))
+            for part in parts
+        ]
+        merged = union_all(*branches).subquery("page")
+        statement = select(*cells(merged)).order_by(*order_by(merged, key))
+    elif not key.nulls or key.by_id:
         clauses = list(where)
         if after is not None:
             clauses.append(_beyond(table, key, VALUE))

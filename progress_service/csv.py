@@ -15,6 +15,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
+    literal,
     select,
     type_coerce,
 )
@@ -26,6 +27,7 @@ from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
 from common.errors import FieldViolation
 from common.repository import TenantRepository
+from progress_service.domain import PROGRESS_TYPE_VALUES
 from progress_service.repository import on_conflict_update
 from progress_service.tables import user_progress as t
 from progress_service.validation import check_progress_type, clean_item_id
@@ -184,10 +186,21 @@ def _export_where(global_access: bool, with_type: bool) -> list[Any]:
     return where
 
 
+def _types(with_type: bool) -> list[Any]:
+    """Every type, one branch each, when the export is not of one type: the list index leads
+    with (user, type), so each branch reads in creation order and the page merges them."""
+    if with_type:
+        return []
+    return [
+        t.c.progress_type == literal(value, t.c.progress_type.type)
+        for value in PROGRESS_TYPE_VALUES
+    ]
+
+
 @cache
 def _export_statement(global_access: bool, with_type: bool, after: str | None) -> Select[Any]:
     where = _export_where(global_access, with_type)
-    return keyset.page(t, where, EXPORT_ORDER, after, _export_cells)
+    return keyset.page(t, where, EXPORT_ORDER, after, _export_cells, parts=_types(with_type))
 
 
 @cache
@@ -196,4 +209,4 @@ def _export_boundary(global_access: bool, with_type: bool, after: str | None) ->
         return [source.c.createdAt, source.c.id]
 
     where = _export_where(global_access, with_type)
-    return keyset.page(t, where, EXPORT_ORDER, after, cells, nth=True)
+    return keyset.page(t, where, EXPORT_ORDER, after, cells, nth=True, parts=_types(with_type))
