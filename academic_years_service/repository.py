@@ -216,7 +216,7 @@ class AcademicYearsRepository(TenantRepository):
         org_id, org_name = record[len(COLUMNS) :]
         references = []
         for table in (classes, timetables):
-            statement = references_statement(table, year.organization_id is None)
+            statement = references_statement(table)
             params = {"year_id": year.id, "org": year.organization_id}
             references.append([Reference(*r) for r in await self.db.rows(statement, params)])
         return replace(

@@ -209,10 +209,9 @@ def get_statement(global_access: bool) -> Select[Any]:
 
 
 @cache
-def references_statement(table: Table, without_org: bool) -> Select[Any]:
+def references_statement(table: Table) -> Select[Any]:
     """Live rows of `table` for a year, in the year's organization, by name."""
-    org = table.c.organizationId
-    same_org = org.is_(None) if without_org else org == bindparam("org")
+    same_org = table.c.organizationId == bindparam("org")
     return (
         select(table.c.id, table.c.name)
         .where(
