@@ -52,11 +52,14 @@ def _names(service: str, methods: Sequence[str]) -> list[dict[str, str]]:
 
 
 def service_config() -> dict[str, Any]:
-    """gRPC service config: per-method deadlines, and retries on UNAVAILABLE for reads only."""
+    """gRPC service config: per-method deadlines, retries on UNAVAILABLE for reads only, and
+    round robin over every address the target resolves to (the replicas behind one DNS name;
+    the default, pick_first, would send every call of a channel to one of them)."""
     reads = [n for s, m in SERVICES.items() for n in _names(s, m["read"])]
     exports = [n for s, m in SERVICES.items() for n in _names(s, m["export"])]
     imports = [n for s, m in SERVICES.items() for n in _names(s, m["import"])]
     return {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {"name": [{"service": s} for s in SERVICES], "timeout": WRITE_TIMEOUT},
             {"name": reads, "timeout": READ_TIMEOUT, "retryPolicy": RETRY_ON_UNAVAILABLE},
