@@ -32,16 +32,17 @@ SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 def _begin_sql(scope: TenantScope | None, snapshot: bool = False) -> str:
     """BEGIN and the caller's tenant, read by the row-level security policies (local to the
-    transaction), in one message: one round trip instead of two per call. The values are ids
-    the token verifier checked as UUIDs; quoting keeps the statement well-formed regardless."""
+    transaction), in one message: one round trip instead of two per call. SET LOCAL rather than
+    set_config(): Citus passes SET LOCAL on to the workers, where the shards' policies read
+    the settings (docs/scaling.md). The values are ids the token verifier checked as UUIDs;
+    quoting keeps the statement well-formed regardless."""
     begin = SNAPSHOT if snapshot else "BEGIN"
     if scope is None:
         return begin
     return (
-        f"{begin}; SELECT set_config('app.organization_id', "
-        f"{_quote(scope.organization_id or '')}, true), "
-        f"set_config('app.user_id', {_quote(scope.user_id)}, true), "
-        f"set_config('app.global_access', '{'on' if scope.global_access else 'off'}', true)"
+        f"{begin}; SET LOCAL app.organization_id = {_quote(scope.organization_id or '')}; "
+        f"SET LOCAL app.user_id = {_quote(scope.user_id)}; "
+        f"SET LOCAL app.global_access = '{'on' if scope.global_access else 'off'}'"
     )
 
 
