@@ -7,6 +7,7 @@ from pathlib import Path
 from academic_years.v1 import academic_years_pb2, academic_years_pb2_grpc
 from grpc import aio
 
+from academic_years_service.limits import response_bounds
 from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
 from common.config import Settings
@@ -18,7 +19,7 @@ SERVICE_NAME = academic_years_pb2.DESCRIPTOR.services_by_name["AcademicYearsServ
 
 
 def register(server: aio.Server, db: Database, settings: Settings) -> None:
-    service = AcademicYearsService(db, PageTokens.from_settings(settings))
+    service = AcademicYearsService(db, settings.limits, PageTokens.from_settings(settings))
     academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(
         AcademicYearsServicer(service), server
     )
@@ -32,4 +33,12 @@ DEFINITION = ServiceDefinition(
     register=register,
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_academic_years",
+    # The reference tables belong to other parts of the system: read only.
+    app_grants={
+        "academic_years": "SELECT, INSERT, UPDATE, DELETE",
+        "organizations": "SELECT",
+        "classes": "SELECT",
+        "timetables": "SELECT",
+    },
+    response_bounds=response_bounds,
 )

@@ -18,6 +18,7 @@ UPDATE = permissions.UPDATE_ACADEMIC_YEARS
 DELETE = permissions.DELETE_ACADEMIC_YEARS
 
 # Names are b-tree indexed: 500 characters (at most 2000 bytes) stays under PostgreSQL's limit.
+# A read cuts a longer name (stored before the limit, or in another slice's table) to it.
 MAX_NAME_LENGTH = 500
 
 
@@ -68,6 +69,8 @@ class AcademicYear:
     organization: Reference | None = None
     classes: list[Reference] = field(default_factory=list)
     timetables: list[Reference] = field(default_factory=list)
+    # Fields a read cut short (see `service.as_read`).
+    truncated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from academic_years_service.domain import (
 )
 from academic_years_service.statements import (
     COLUMNS,
+    SORT_VALUE,
     autocomplete_statement,
     count_statement,
     escape_like,
@@ -206,8 +207,9 @@ class AcademicYearsRepository(TenantRepository):
             raise ambiguous([i for i in deleted if deleted.count(i) > 1])
         return len(deleted)
 
-    async def get(self, year_id: str) -> AcademicYear | None:
-        """The year with its organization (one joined query) and each association (one each)."""
+    async def get(self, year_id: str, max_references: int) -> AcademicYear | None:
+        """The year with its organization (one joined query) and each association (one each):
+        its first `max_references` by name, and one more when there are more."""
         records = await self.db.rows(get_statement(self.global_access), self.binds(year_id=year_id))
         record = only_one(records)
         if record is None:
@@ -216,7 +218,7 @@ class AcademicYearsRepository(TenantRepository):
         org_id, org_name = record[len(COLUMNS) :]
         references = []
         for table in (classes, timetables):
-            statement = references_statement(table)
+            statement = references_statement(table, max_references)
             params = {"year_id": year.id, "org": year.organization_id}
             references.append([Reference(*r) for r in await self.db.rows(statement, params)])
         return replace(
@@ -257,7 +259,7 @@ class AcademicYearsRepository(TenantRepository):
         records = await self.db.rows(statement, params)
         more = len(records) > paging.limit
         records = records[: paging.limit]
-        last = keyset.position(records[-1], key) if more else None
+        last = keyset.position(records[-1], key, SORT_VALUE) if more else None
         return [to_domain(r) for r in records], count, last
 
     async def count(self, f: AcademicYearFilter) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import replace
 
 from academic_years_service import parsing
 from academic_years_service.csv import (
@@ -26,16 +27,19 @@ from academic_years_service.domain import (
     ImportSummary,
     Ordering,
     Page,
+    Reference,
     Suggestion,
 )
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.statements import SORT_COLUMNS
 from common import pagetoken
 from common.auth import Principal
-from common.csvstream import CsvLimits, CsvReader
+from common.config import Limits
+from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
+from common.limits import clip
 from common.pagetoken import PageTokens
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import TenantScope, require_permission, tenant_scope
@@ -138,13 +142,59 @@ async def check_ids(repository: AcademicYearsCsvRepository) -> None:
         )
 
 
+def _references(references: list[Reference], max_references: int) -> tuple[list[Reference], bool]:
+    """The first `max_references`, names cut to MAX_NAME_LENGTH; whether anything was cut."""
+    cut = len(references) > max_references
+    kept = []
+    for reference in references[:max_references]:
+        name, clipped = clip(reference.name, MAX_NAME_LENGTH)
+        kept.append(Reference(reference.id, name) if clipped else reference)
+        cut = cut or clipped
+    return kept, cut
+
+
+def as_read(year: AcademicYear, max_references: int) -> AcademicYear:
+    """`year` as a read answers with it. A name stored before the limit (or in another slice's
+    table) is cut to MAX_NAME_LENGTH, and an association keeps its first `max_references`
+    by name, each named in `truncated`, so that the answer fits one message whatever is
+    stored; the rows themselves stay whole."""
+    cut: list[str] = []
+    name, clipped = clip(year.name, MAX_NAME_LENGTH)
+    if clipped:
+        cut.append("name")
+    organization = year.organization
+    if organization is not None:
+        org_name, clipped = clip(organization.name, MAX_NAME_LENGTH)
+        if clipped:
+            organization = Reference(organization.id, org_name)
+            cut.append("organization")
+    classes, classes_cut = _references(year.classes, max_references)
+    timetables, timetables_cut = _references(year.timetables, max_references)
+    cut += ["classes_academic_year"] * classes_cut + ["timetables_academic_year"] * timetables_cut
+    if not cut:
+        return year
+    return replace(
+        year,
+        name=name,
+        organization=organization,
+        classes=classes,
+        timetables=timetables,
+        truncated=tuple(cut),
+    )
+
+
 class AcademicYearsService:
     def __init__(
-        self, db: Database, tokens: PageTokens, csv_limits: CsvLimits | None = None
+        self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
     ) -> None:
         self._db = db
-        self._tokens = tokens
-        self._csv_limits = csv_limits or CsvLimits.from_env()
+        self._limits = limits or Limits()
+        self._max_references = self._limits.academic_year_max_references
+        # The app passes the key from the settings; left out (tests, tools), this instance's own.
+        self._tokens = tokens or PageTokens.ephemeral()
+
+    def _read(self, year: AcademicYear) -> AcademicYear:
+        return as_read(year, self._max_references)
 
     async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
         scope = authorize(principal, CREATE)
@@ -152,7 +202,7 @@ class AcademicYearsService:
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
             year = await uow.repo.create(values.id or new_id(), values)
             await uow.commit()
-        return year
+        return self._read(year)
 
     async def update(
         self, principal: Principal, year_id: str, data: AcademicYearInput
@@ -167,7 +217,7 @@ class AcademicYearsService:
             await uow.commit()
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
         scope = authorize(principal, DELETE)
@@ -177,7 +227,7 @@ class AcademicYearsService:
             await uow.commit()
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def delete_many(
         self, principal: Principal, year_ids: Sequence[str], old_body_ids: Sequence[str] = ()
@@ -201,10 +251,10 @@ class AcademicYearsService:
         scope = authorize(principal, READ)
         year_id = _id(year_id, "id")
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.get(year_id)
+            year = await uow.repo.get(year_id, self._max_references)
         if year is None:
             raise not_found()
-        return year
+        return self._read(year)
 
     async def list_page(
         self,
@@ -227,7 +277,7 @@ class AcademicYearsService:
                 f, ordering, paging, position, counted=not skip_count
             )
         next_token = "" if last is None else self._tokens.issue(bound, last)
-        return Page(rows, count or 0, next_token)
+        return Page([self._read(row) for row in rows], count or 0, next_token)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         scope = authorize(principal, READ)
@@ -250,18 +300,18 @@ class AcademicYearsService:
         query = query.strip()
         query_id = parsing.uuid(query, "query", []) if query else None
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            return await uow.repo.autocomplete(
+            found = await uow.repo.autocomplete(
                 query, query_id, min(limit or DEFAULT_LIMIT, MAX_LIMIT), offset
             )
+        # A label is the name: cut like one, without a mark (it is a label, not the year).
+        return [Suggestion(s.id, clip(s.label, MAX_NAME_LENGTH)[0]) for s in found]
 
     async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
         """One year per row in the caller's organization, in file order; nothing is written
         unless every row is valid."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
-        reader = CsvReader(
-            chunks, CSV_COLUMNS, limits=self._csv_limits, label="academic_years import"
-        )
+        reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
         async def apply(repository: AcademicYearsCsvRepository) -> int:
             if reader.present("id"):

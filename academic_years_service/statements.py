@@ -7,6 +7,7 @@ them per call cost more CPU than running them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, TypeAlias
 
@@ -18,11 +19,13 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
+    literal_column,
     or_,
     select,
 )
 
-from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
+from academic_years_service.domain import MAX_NAME_LENGTH, AcademicYearFilter, Bounds, Ordering
+from academic_years_service.limits import DEFAULT_MAX_REFERENCES
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import organizations
 from common import keyset
@@ -30,9 +33,16 @@ from common.csvstream import formula_safe
 from common.db import UUID_TYPE
 from common.repository import readable
 
+
+def capped_name(column: Any, label: str = "name") -> ColumnElement[str]:
+    """A name's first MAX_NAME_LENGTH + 1 characters: enough to see a longer one (stored before
+    the limit, or in another slice's table), which a read then cuts (`service.as_read`)."""
+    return func.left(column, literal_column(str(MAX_NAME_LENGTH + 1))).label(label)
+
+
 COLUMNS = (
     t.c.id,
-    t.c.name,
+    capped_name(t.c.name),
     t.c.start_date,
     t.c.end_date,
     t.c.current,
@@ -166,21 +176,35 @@ def count_statement(global_access: bool, shape: FilterShape) -> Select[Any]:
     return select(func.count()).select_from(t).where(*_listed(global_access, shape))
 
 
+# A name is read cut to its cap, so an order by name also reads it whole under this label: the
+# next page starts after the whole value (see `listed`).
+SORT_VALUE = "sort_value"
+
+
+def listed(ordering: Ordering) -> Callable[[Any], list[Any]]:
+    """`COLUMNS` over a source (the table, or a keyset page's union of its rows), and, when the
+    sort field is read cut (the name), the whole value as `SORT_VALUE`."""
+
+    def cells(source: Any) -> list[Any]:
+        row = [source.c.id, capped_name(source.c.name), *[source.c[c.name] for c in COLUMNS[2:]]]
+        if ordering.field == "name":
+            row.append(source.c.name.label(SORT_VALUE))
+        return row
+
+    return cells
+
+
 @lru_cache(maxsize=512)
 def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
     """One page by `page` number (OFFSET, for old callers); binds `limit` and `offset` besides
     the filter's values."""
     return (
-        select(*COLUMNS)
+        select(*listed(ordering)(t))
         .where(*_listed(global_access, shape))
         .order_by(*order_by(ordering))
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
-
-
-def _rows(source: Any) -> list[Any]:
-    return [source.c[c.name] for c in COLUMNS]
 
 
 @lru_cache(maxsize=1024)
@@ -189,7 +213,8 @@ def keyset_statement(
 ) -> Select[Any]:
     """The first page (`after` None) or the page after a position in region `after`; binds
     `limit` and the position's `k_value`/`k_id` besides the filter's values."""
-    return keyset.page(t, _listed(global_access, shape), sort_key(ordering), after, _rows)
+    where = _listed(global_access, shape)
+    return keyset.page(t, where, sort_key(ordering), after, listed(ordering))
 
 
 @cache
@@ -200,24 +225,26 @@ def get_statement(global_access: bool) -> Select[Any]:
     o = organizations
     scope = readable(t, global_access)
     return (
-        select(*COLUMNS, o.c.id, o.c.name)
+        select(*COLUMNS, o.c.id, capped_name(o.c.name, "name_1"))
         .select_from(t)
         .outerjoin(o, o.c.id == t.c.organizationId)
         .where(scope, t.c.id == bindparam("year_id"))
-        .limit(2)
+        .limit(literal_column("2"))
     )
 
 
 @cache
-def references_statement(table: Table) -> Select[Any]:
-    """Live rows of `table` for a year, in the year's organization, by name."""
+def references_statement(table: Table, max_rows: int = DEFAULT_MAX_REFERENCES) -> Select[Any]:
+    """Live rows of `table` for a year, in the year's organization, by name: the first
+    `max_rows` and one more, which shows there are more (the read keeps `max_rows`)."""
     same_org = table.c.organizationId == bindparam("org")
     return (
-        select(table.c.id, table.c.name)
+        select(table.c.id, capped_name(table.c.name))
         .where(
             table.c.academic_yearId == bindparam("year_id"), same_org, table.c.deletedAt.is_(None)
         )
         .order_by(table.c.name.asc().nulls_last(), table.c.id)
+        .limit(literal_column(str(max_rows + 1)))
     )
 
 
@@ -252,7 +279,7 @@ def export_boundary_statement(
 def autocomplete_statement(global_access: bool, with_query: bool, with_id: bool) -> Select[Any]:
     """Ids and names of the scope's years, matching a name substring (`q_name`) or an exact id
     (`q_id`) when a query is given, by name; binds `limit` and `offset`."""
-    statement = select(t.c.id, t.c.name).where(readable(t, global_access))
+    statement = select(t.c.id, capped_name(t.c.name)).where(readable(t, global_access))
     if with_query:
         matches: list[ColumnElement[bool]] = [t.c.name.ilike(bindparam("q_name"), escape="\\")]
         if with_id:

@@ -1,1 +1,1 @@
-"""`make bench`: the services against a bare asyncpg baseline under the same load."""
+"""Benchmarks, one entry point: `python -m bench {rpc,csv,sqlpath,tenant-settings} [options]`."""

@@ -52,9 +52,18 @@ _MATCHING = (
 )
 _READ = _MATCHING.format(org="$1", user="$2", type="$3")
 COUNT_SQL = f"SELECT count(*) AS count_1 FROM user_progress {_READ}"
+# List loads item_id, value and metadata (as JSON text) only up to the default limits' caps.
+_LISTED = (
+    "user_progress.id, user_progress.progress_type,"
+    " left(user_progress.item_id, 513) AS item_id, left(user_progress.value, 4097) AS value,"
+    " user_progress.score, left(CAST(user_progress.metadata AS TEXT), 1310721) AS metadata,"
+    ' user_progress."organizationId", user_progress."campusId", user_progress."userId",'
+    ' user_progress."createdAt", user_progress."updatedAt"'
+)
+# The first page (no page_token): keyset paging reads a row more to know whether there is a next.
 LIST_SQL = (
-    f"SELECT {_COLUMNS} FROM user_progress {_READ}"
-    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4 OFFSET $5'
+    f"SELECT {_LISTED} FROM user_progress {_READ}"
+    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4'
 )
 DELETE_SQL = (
     'UPDATE user_progress SET "updatedById"=$1::UUID, "updatedAt"=$2::TIMESTAMP WITH TIME ZONE,'
@@ -137,9 +146,8 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
         async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, org, user, request.progress_type)
-            rows = await conn.fetch(
-                LIST_SQL, org, user, request.progress_type, limit, request.page * limit
-            )
+            rows = await conn.fetch(LIST_SQL, org, user, request.progress_type, limit + 1)
+            rows = rows[:limit]
             await conn.execute("ROLLBACK")
         return progress_pb2.ListUserProgressResponse(
             rows=[progress_proto(r) for r in rows], count=count

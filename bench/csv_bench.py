@@ -12,7 +12,6 @@ import asyncio
 import os
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import make_url
 
+from bench.scratch import free_port, scratch_database
 from common.token import mint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +54,6 @@ def psql(url: str, command: str) -> float:
     argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", command]
     subprocess.run(argv, check=True)  # noqa: S603  # psql from PATH, our own arguments
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -196,20 +190,12 @@ def run(admin_url: str, rows: int, psql_first: bool, rounds: int) -> dict[str, f
     OUT.mkdir(parents=True, exist_ok=True)
     csv_path = OUT / f"academic_years_{rows}.csv"
     generate(csv_path, rows)
-    name = f"bench_csv_{uuid.uuid4().hex[:10]}"
-    base = make_url(admin_url)
-    admin = base.render_as_string(hide_password=False)
-    psql(admin, f'CREATE DATABASE "{name}"')
-    plain = base.set(database=name).render_as_string(hide_password=False)
-    db_url = base.set(drivername="postgresql+asyncpg", database=name)
-    db_url_text = db_url.render_as_string(hide_password=False)
-    try:
+    with scratch_database(admin_url, prefix="bench_csv") as db_url:
+        plain = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
         subprocess.run([sys.executable, "-m", "academic_years_service", "migrate"], check=True,
-                       env=dict(os.environ, DATABASE_URL=db_url_text), cwd=ROOT,
+                       env=dict(os.environ, DATABASE_URL=db_url), cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        return asyncio.run(measure(db_url_text, plain, csv_path, rows, psql_first, rounds))
-    finally:
-        psql(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
+        return asyncio.run(measure(db_url, plain, csv_path, rows, psql_first, rounds))
 
 
 def report(r: dict[str, float]) -> None:
@@ -230,8 +216,7 @@ def report(r: dict[str, float]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--flat-memory", action="store_true",
                         help="also run twice the rows and compare the peak RSS")  # fmt: skip
@@ -241,7 +226,9 @@ def main() -> int:
                         help="run psql \\copy in before the service's import")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2,
                         help="import rounds, taking turns to go first")  # fmt: skip
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> int:
     results = [run(args.admin_url, args.rows, args.psql_first, args.rounds)]
     report(results[0])
     if args.flat_memory:
@@ -250,7 +237,3 @@ def main() -> int:
         a, b = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
         print(f"\npeak RSS {a:.1f} MB for {args.rows:,} rows, {b:.1f} MB for {args.rows * 2:,}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -123,3 +123,7 @@ class Record:
     server_cpu_s: float
     server_cpu_us_per_req: float
     client_cpu_s: float
+    # Most PostgreSQL connections one process of the target held during the round (from
+    # pg_stat_activity's application_name, which the services set; None for targets that
+    # do not name themselves).
+    db_connections: int | None = None

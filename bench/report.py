@@ -29,6 +29,9 @@ def summarise(records: list[Record]) -> list[dict[str, Any]]:
                 "p99_ms": round(statistics.median(r.p99_ms for r in rs), 3),
                 "cpu_us_per_req": round(statistics.median(r.server_cpu_us_per_req for r in rs), 1),
                 "errors": sum(sum(r.errors.values()) for r in rs),
+                "db_connections": max(
+                    (r.db_connections for r in rs if r.db_connections is not None), default=None
+                ),
             }
         )
     base = {row["case"]: row for row in rows if row["target"] == "baseline"}
@@ -39,6 +42,9 @@ def summarise(records: list[Record]) -> list[dict[str, Any]]:
             round(row["p99_ms"] / b["p99_ms"], 3) if b and b["p99_ms"] else None
         )
     return rows
+
+
+POOL_SIZE = 10  # the services' DB_POOL_SIZE default, which the benchmark runs with
 
 
 def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,6 +64,10 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     big, small = by.get(("progress.list@1M", "service")), by.get(("progress.list@10k", "service"))
     if big and small and small["p50_ms"]:
         add("list p50 at 1M / p50 at 10k", round(big["p50_ms"] / small["p50_ms"], 3), 1.5, False)
+    connections = [r["db_connections"] for r in summary if r["target"] == "service"]
+    if any(c is not None for c in connections):
+        most = max(c for c in connections if c is not None)
+        add("PostgreSQL connections per service process", most, POOL_SIZE, False)
     for row in summary:
         if row["case"].startswith("ay.") and row["target"] == "service":
             add(f"{row['case']} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
@@ -67,13 +77,14 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(summary: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
     head = f"{'case':<22} {'target':<18} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
-    head += f" {'cpu us/req':>10} {'rps/base':>8} {'p99/base':>8} {'errors':>6}"
+    head += f" {'cpu us/req':>10} {'rps/base':>8} {'p99/base':>8} {'errors':>6} {'conns':>5}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in summary:
         print(
             f"{r['case']:<22} {r['target']:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
             f" {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['rps_vs_baseline'] or 0:>8.3f}"
             f" {r['p99_vs_baseline'] or 0:>8.3f} {r['errors']:>6}"
+            f" {r['db_connections'] if r['db_connections'] is not None else '-':>5}"
         )
     print()
     for c in checks:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from bench.cases import (
 )
 from bench.load import LoadGenerator, Record
 from bench.report import check_targets, print_table, summarise
+from bench.scratch import scratch_database
 from bench.servers import REPO_ROOT, Server, Target
+from common.db import sqlalchemy_url
 from common.migrations import upgrade
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -57,8 +59,9 @@ class Options:
 
 
 class Bench:
-    def __init__(self, options: Options, targets: dict[str, dict[str, Server]]) -> None:
+    def __init__(self, options: Options, targets: dict[str, dict[str, Server]], dsn: str) -> None:
         self.options = options
+        self.dsn = dsn
         self.targets = targets  # target name -> service ("progress", "ay") -> its server
         self.records: list[Record] = []
         self._runs = 0
@@ -69,11 +72,13 @@ class Bench:
         o = self.options
         self._runs += 1
         calls = build(self._runs, o.warmup + o.requests)
-        async with LoadGenerator(
-            server.addr, channels=o.channels, concurrency=o.concurrency
-        ) as gen:
+        async with (
+            LoadGenerator(server.addr, channels=o.channels, concurrency=o.concurrency) as gen,
+            ConnectionSampler(self.dsn) as connections,
+        ):
             await gen.run(calls[: o.warmup])
             cpu0, client0 = server.cpu_seconds(), time.process_time()
+            connections.reset()
             result = await gen.run(calls[o.warmup :])
             cpu = server.cpu_seconds() - cpu0
             client = time.process_time() - client0
@@ -90,13 +95,15 @@ class Bench:
             server_cpu_s=round(cpu, 3),
             server_cpu_us_per_req=round(cpu / result.requests * 1e6, 1),
             client_cpu_s=round(client, 3),
+            db_connections=connections.most(server.pids()),
         )
         self.records.append(record)
         print(
             f"  {case:<22} {record.target:<18} round {rnd}: {record.rps:8.1f} rps"
             f"  p50 {record.p50_ms:7.2f} ms  p99 {record.p99_ms:7.2f} ms"
             f"  cpu {record.server_cpu_us_per_req:7.1f} us/req"
-            f"  errors {sum(result.errors.values())}",
+            f"  errors {sum(result.errors.values())}"
+            f"  db conns {record.db_connections if record.db_connections is not None else '-'}",
             flush=True,
         )
         return record
@@ -110,6 +117,47 @@ class Bench:
             shift = rnd % len(names)
             for target in names[shift:] + names[:shift]:
                 await self.measure(name, target, self.targets[target][service], build, rnd)
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity every 50 ms while a round runs: the most connections each
+    named process (application_name `<service>/<pid>`) held at once."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._most: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ConnectionSampler:
+        self._conn = await asyncpg.connect(self._dsn)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._conn.close()
+
+    def reset(self) -> None:
+        self._most.clear()
+
+    async def _sample(self) -> None:
+        while True:
+            rows = await self._conn.fetch(
+                "SELECT application_name, count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE '%/%'"
+                " GROUP BY application_name"
+            )
+            for name, count in rows:
+                self._most[name] = max(self._most.get(name, 0), count)
+            await asyncio.sleep(0.05)
+
+    def most(self, pids: list[int]) -> int | None:
+        """The most connections any one of `pids` held, or None if none of them is named."""
+        counts = [n for name, n in self._most.items() if int(name.rsplit("/", 1)[1]) in pids]
+        return max(counts) if counts else None
 
 
 def cpu_model() -> str:
@@ -140,7 +188,14 @@ SERVICES = {"progress": "progress_service", "ay": "academic_years_service"}
 
 def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, Target]]]:
     """Each service target is one process per service, as deployed."""
-    env = {"DATABASE_URL": sa_url, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", "WORKERS": "1"}
+    # The postgresql+asyncpg:// form: every build reads it, also one from before the services
+    # took plain postgresql:// URLs (a `before@…` variant).
+    env = {
+        "DATABASE_URL": sqlalchemy_url(sa_url),
+        "JWT_SECRET": SECRET,
+        "LOG_FORMAT": "json",
+        "WORKERS": "1",
+    }
     variants: list[tuple[str, Path, dict[str, str]]] = [("service", REPO_ROOT, env)]
     if options.workers2:
         variants.append(("service-workers2", REPO_ROOT, {**env, "WORKERS": "2"}))
@@ -158,26 +213,15 @@ def service_targets(options: Options, sa_url: str) -> list[tuple[str, dict[str, 
     ]
 
 
-async def run(options: Options) -> dict[str, Any]:
-    base = make_url(
-        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
-    )
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    dsn = base.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
-    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+async def run(options: Options, sa_url: str) -> dict[str, Any]:
+    """The whole run on the fresh database `sa_url`; every server is stopped before returning."""
+    dsn = make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
     servers: list[Server] = []
     try:
         return await _run_in(options, dsn, sa_url, servers)
     finally:
         for server in servers:
             server.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def start_targets(
@@ -211,7 +255,7 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
     await data.seed_academic_years(dsn, 2, o.ay_years, o.ay_with_refs, 5, 3)
     await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
     small_rows = await data.count_rows(dsn, "user_progress")
-    bench = Bench(o, await start_targets(o, dsn, sa_url, servers))
+    bench = Bench(o, await start_targets(o, dsn, sa_url, servers), dsn)
     ids = Identities()
     print(f"list on {small_rows} rows", flush=True)
     await bench.case("progress.list@10k", "progress", list_calls(ids, o.list_users))
@@ -246,8 +290,7 @@ def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
     return name, Path(source) if source else None, env
 
 
-def parse_options(argv: list[str] | None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small counts: checks the harness only")
     p.add_argument("--rounds", type=int, help="rounds per case (targets alternate in each)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
@@ -263,7 +306,9 @@ def parse_options(argv: list[str] | None) -> Options:
         help="extra service target: name[@source_dir][:KEY=VALUE,...]",
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
-    a = p.parse_args(argv)
+
+
+def options_from(a: argparse.Namespace) -> Options:
     if a.quick:
         sizes = {
             "rounds": 1,
@@ -304,15 +349,19 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
+def main(args: argparse.Namespace) -> int:
+    options = options_from(args)
     options.out.mkdir(parents=True, exist_ok=True)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(options))
-    else:
-        result = uvloop.run(run(options))
+    server = (
+        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
+    )
+    with scratch_database(server, prefix="bench") as sa_url:
+        try:
+            import uvloop
+        except ImportError:
+            result = asyncio.run(run(options, sa_url))
+        else:
+            result = uvloop.run(run(options, sa_url))
     print_table(result["summary"], result["targets"])
     path = options.out / "results.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

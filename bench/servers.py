@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc import aio
+
+from bench.scratch import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -26,12 +27,6 @@ class Target:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     source: Path = REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _descendants(pid: int) -> list[int]:
@@ -92,6 +87,10 @@ class Server:
                     pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.target.name} did not start in {within} s")
+
+    def pids(self) -> list[int]:
+        """The server's process and its live descendants (the WORKERS>1 children)."""
+        return [self.process.pid, *_descendants(self.process.pid)]
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)

@@ -1,16 +1,16 @@
-"""`python -m bench.sqlpath`: CPU per progress list call through each layer, in one process.
+"""`python -m bench sqlpath`: CPU per progress list call through each layer, in one process.
 
-Sequential calls on one connection, so only the client-side cost differs: raw asyncpg, the same
-statements through SQLAlchemy's async engine, the repository on either path, and the service
-(which, having a caller, also sends the row-level security settings, as the second line does).
+Sequential calls on one connection, so only the client-side cost differs: raw asyncpg (the
+benchmark baseline's SQL), the same with the tenant BEGIN the unit of work sends, the repository
+in a unit of work, and the whole service call.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -19,10 +19,12 @@ from sqlalchemy import make_url
 from bench import baseline, data
 from bench.baseline_ay import begin_as
 from bench.run import DEFAULT_URL
+from bench.scratch import scratch_database
 from common.auth import Principal
 from common.db import Database
 from common.migrations import upgrade
 from common.pagination import PageRequest
+from common.tenancy import tenant_scope
 from progress_service.app import DEFINITION
 from progress_service.repository import UserProgressRepository
 from progress_service.service import UserProgressService
@@ -41,10 +43,11 @@ async def cpu_per_call(step: Step, calls: int) -> float:
 
 async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
     principal = Principal(data.user_id(1), data.user_org_id(1), None, False, frozenset())
-    db = Database(sa_url, pool_size=1)
+    db = Database(dsn, pool_size=1)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     service = UserProgressService(db)
-    args = (principal.user_id, principal.organization_id, "sign_learned")
+    args = (principal.organization_id, principal.user_id, "sign_learned")
+    scope = tenant_scope(principal)
 
     async def raw() -> object:
         async with pool.acquire() as conn, conn.transaction():
@@ -52,37 +55,24 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
             return await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
 
     async def raw_tenant() -> object:
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:
             await begin_as(conn, data.user_org_id(1), principal.user_id)
             await conn.fetchval(baseline.COUNT_SQL, *args)
-            return await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
-
-    async def sqlalchemy_text() -> object:
-        async with db.transaction() as conn:
-            await conn.exec_driver_sql(baseline.COUNT_SQL, args)
-            return (await conn.exec_driver_sql(baseline.LIST_SQL, (*args, 10, 0))).all()
+            rows = await conn.fetch(baseline.LIST_SQL, *args, 10, 0)
+            await conn.execute("ROLLBACK")
+            return rows
 
     async def repository() -> object:
-        async with db.transaction() as conn:
-            return await UserProgressRepository(conn, principal).list(
-                "sign_learned", None, PageRequest(10, 0)
-            )
-
-    async def driver_repository() -> object:
-        async with db.driver_transaction(principal=principal) as conn:
-            return await UserProgressRepository(conn, principal).list(
-                "sign_learned", None, PageRequest(10, 0)
-            )
+        async with db.unit_of_work(scope, UserProgressRepository) as uow:
+            return await uow.repo.list("sign_learned", None, PageRequest(10, 0), None)
 
     async def full_service() -> object:
         return await service.list(principal, "sign_learned", None, 10, 0)
 
     steps: dict[str, Step] = {
         "asyncpg": raw,
-        "asyncpg + tenant settings": raw_tenant,
-        "sqlalchemy exec_driver_sql": sqlalchemy_text,
-        "repository (Core)": repository,
-        "repository (driver, tenant)": driver_repository,
+        "asyncpg + tenant BEGIN": raw_tenant,
+        "repository in a unit of work": repository,
         "service": full_service,
     }
     results: dict[str, list[float]] = {name: [] for name in steps}
@@ -94,28 +84,21 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
     return {name: min(values) for name, values in results.items()}
 
 
-async def main() -> None:
-    base = make_url(
-        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
-    )
-    name = f"bench_sqlpath_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(False))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = base.set(drivername="postgresql", database=name).render_as_string(False)
-    sa_url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
-    try:
-        await asyncio.to_thread(
-            upgrade, sa_url, DEFINITION.migrations_dir, DEFINITION.version_table
-        )
-        await data.seed_progress(dsn, 0, 10, 1000)
-        for layer, cpu in (await measure(dsn, sa_url, 2000)).items():
-            print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+async def run(sa_url: str) -> None:
+    """Migrate and seed the fresh database `sa_url`, then measure and print each layer."""
+    dsn = make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade, sa_url, DEFINITION.migrations_dir, DEFINITION.version_table)
+    await data.seed_progress(dsn, 0, 10, 1000)
+    for layer, cpu in (await measure(dsn, sa_url, 2000)).items():
+        print(f"{layer:<28} {cpu:7.1f} us CPU per list call (count + page of 10)")
 
 
-if __name__ == "__main__":
+def main(_args: argparse.Namespace) -> int:
     import uvloop
 
-    uvloop.run(main())
+    server = (
+        os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
+    )
+    with scratch_database(server, prefix="bench_sqlpath") as sa_url:
+        uvloop.run(run(sa_url))
+    return 0

@@ -8,12 +8,21 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 
-from common.config import ConfigError, embedded_data_dir, environment_help, load_settings
-from common.db import embedded
+from common.config import (
+    EMBEDDED_APP_ROLE,
+    ConfigError,
+    app_role,
+    embedded_data_dir,
+    environment_help,
+    load_settings,
+)
+from common.db import Database, embedded
+from common.db.roles import grant_app_role
 from common.logs import setup_logging
 from common.migrations import pending_revision, upgrade
-from common.server import ServiceDefinition, run_loop, serve
+from common.server import ServiceDefinition, run_loop, serve, wait_for_database
 
 log = logging.getLogger("cli")
 
@@ -57,33 +66,33 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = args.database_url
     named = env.get("DATABASE_URL") or None
     if args.command == "migrate":
-        setup_logging(env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json"))
+        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        setup_logging(log_format, service=definition.name)
         try:
-            url = named or embedded.ensure(data_dir=embedded_data_dir(env))
-            upgrade(url, definition.migrations_dir, definition.version_table)
+            serve_url = migrate(definition, env)
         except Exception as exc:
             print(f"{definition.name}: cannot migrate: {_reason(exc)}", file=sys.stderr)
             return 3
         print(f"{definition.name}: database is at the newest revision")
+        if serve_url != named:
+            print(f"{definition.name}: serve as the app role: {_without_password(serve_url)}")
         return 0
     try:
         settings = load_settings(definition.name, definition.default_addr, env)
+        definition.check_limits(settings)
     except ConfigError as exc:
         print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_format)
+    setup_logging(settings.log_format, service=definition.name)
     if named is None:
-        # The embedded default is started here and migrates itself; a named server is
-        # migrated by an explicit step.
-        url = embedded.ensure(data_dir=settings.embedded_data_dir)
-        upgrade(url, definition.migrations_dir, definition.version_table)
+        # The embedded default is started here, migrated and served as its app role; a
+        # named server is migrated by an explicit step.
+        url = migrate(definition, env)
         settings = replace(settings, database_url=url)
         env["DATABASE_URL"] = url  # for the workers, when there are several
     else:
         try:
-            head = asyncio.run(
-                pending_revision(named, definition.migrations_dir, definition.version_table)
-            )
+            head = asyncio.run(_pending_revision(definition, named))
         except Exception as exc:
             print(
                 f"{definition.name}: cannot read the schema version: {_reason(exc)}",
@@ -107,6 +116,46 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         log.error("failed to serve: %s", exc)
         return 1
     return 0
+
+
+async def _pending_revision(definition: ServiceDefinition, url: str) -> str | None:
+    """Waits while the database is unreachable (a service may start before it), then reads
+    its schema version; anything else (no such database, bad password) fails at once."""
+    db = Database(url, pool_size=1)
+    try:
+        await wait_for_database(db)
+        return await pending_revision(db, definition.migrations_dir, definition.version_table)
+    finally:
+        await db.dispose()
+
+
+def migrate(definition: ServiceDefinition, env: dict[str, str]) -> str:
+    """Brings the database (DATABASE_URL, else the embedded one) to the newest revision as
+    its owner, then creates or checks the app role and grants it this service's tables;
+    returns the URL to serve with (the app role's, on the embedded default)."""
+    named = env.get("DATABASE_URL") or None
+    role = app_role(env)
+    if named is None:
+        data_dir = embedded_data_dir(env)
+        owner_url = embedded.ensure(data_dir=data_dir)
+        role = role or EMBEDDED_APP_ROLE
+    else:
+        owner_url = named
+    upgrade(owner_url, definition.migrations_dir, definition.version_table)
+    if role is None:
+        return owner_url
+    grants = {**definition.app_grants, definition.version_table: "SELECT"}
+    asyncio.run(grant_app_role(owner_url, role.name, role.password, grants))
+    if named is None:
+        return embedded.url_for(embedded.DATABASE, data_dir=data_dir, user=role.name)
+    return owner_url
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = (parts.username or "") + "@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _reason(exc: BaseException) -> str:

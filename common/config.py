@@ -45,6 +45,46 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AppRole:
+    """The role `migrate` creates and grants, and the services serve as (see common.db.roles)."""
+
+    name: str
+    password: str | None = None
+
+
+# The app role of the embedded default: the socket trusts local roles, so it has no password.
+EMBEDDED_APP_ROLE = AppRole("school_app")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a caller may store and on what one response carries; `common.limits`
+    checks at start-up that the largest response they allow fits the message limit."""
+
+    # A progress value is a short answer (a sign, a zone); 4096 characters is far beyond it.
+    progress_value_max_chars: int = 4096
+    # Metadata as a google.protobuf.Value: room for hundreds of keys, 1/256 of a message.
+    progress_metadata_max_bytes: int = 32 * 1024
+    # JSON nesting (a scalar is 0, {"a": 1} is 1): 16 leaves protobuf decoders half their depth.
+    progress_metadata_max_depth: int = 16
+    # Classes and timetables a GetAcademicYear returns of each (the first ones by name).
+    academic_year_max_references: int = 1000
+    # The largest CSV upload (RESOURCE_EXHAUSTED beyond), and the longest record: a quoted
+    # field may span lines, but not without end.
+    csv_max_bytes: int = 1 << 30
+    csv_max_record_chars: int = 1 << 20
+
+
+LIMIT_VARIABLES = {
+    "PROGRESS_VALUE_MAX_CHARS": "progress_value_max_chars",
+    "PROGRESS_METADATA_MAX_BYTES": "progress_metadata_max_bytes",
+    "PROGRESS_METADATA_MAX_DEPTH": "progress_metadata_max_depth",
+    "ACADEMIC_YEARS_GET_MAX_REFERENCES": "academic_year_max_references",
+    "CSV_MAX_BYTES": "csv_max_bytes",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     service: str
     # None: the embedded PostgreSQL in `embedded_data_dir` (common.db.embedded), started on
@@ -61,6 +101,10 @@ class Settings:
     uvloop: bool = True  # UVLOOP=0 keeps the standard asyncio loop
     db_pool_size: int = 10
     embedded_data_dir: Path = LOCAL_DATA_DIR / "postgres"
+    app_role: AppRole | None = None
+    # Refuse to serve as a role that row-level security does not apply to (else: a warning).
+    require_rls: bool = False
+    limits: Limits = Limits()
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
     # The key page tokens are signed with; None derives it from the JWT secret
@@ -71,6 +115,13 @@ class Settings:
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    value = _opt(env, name)
+    if value is None:
+        return default
+    return value.lower() not in {"0", "false", "no", "off"}
 
 
 def load_jwt_settings(env: Mapping[str, str]) -> JwtSettings:
@@ -161,6 +212,38 @@ def embedded_data_dir(env: Mapping[str, str]) -> Path:
     return Path(_opt(env, "EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
 
 
+def app_role(env: Mapping[str, str]) -> AppRole | None:
+    """DATABASE_APP_ROLE with its password (DATABASE_APP_PASSWORD, or a file holding it,
+    DATABASE_APP_PASSWORD_FILE, for secrets mounted as files)."""
+    name = _opt(env, "DATABASE_APP_ROLE")
+    password = _opt(env, "DATABASE_APP_PASSWORD")
+    password_file = _opt(env, "DATABASE_APP_PASSWORD_FILE")
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"DATABASE_APP_PASSWORD_FILE cannot be read: {exc}") from exc
+    if password and not name:
+        raise ConfigError("DATABASE_APP_PASSWORD is set but DATABASE_APP_ROLE is not")
+    return AppRole(name, password) if name else None
+
+
+def load_limits(env: Mapping[str, str]) -> Limits:
+    """Each limit from its variable when set: a whole number, at least 1."""
+    values: dict[str, int] = {}
+    for variable, name in LIMIT_VARIABLES.items():
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise ConfigError(f"{variable} must be a whole number, not {raw!r}") from None
+        if values[name] < 1:
+            raise ConfigError(f"{variable} must be at least 1")
+    return Limits(**values)
+
+
 def load_settings(
     service: str, default_addr: str, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -188,6 +271,8 @@ def load_settings(
         service=service,
         database_url=database_url,
         embedded_data_dir=embedded_data_dir(env),
+        app_role=app_role(env),
+        require_rls=_flag(env, "REQUIRE_RLS", default=False),
         grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
         jwt=jwt_settings,
         page_token_secret=_page_token_secret(env, jwt_settings),
@@ -197,7 +282,8 @@ def load_settings(
         tls=_tls(env),
         grace_seconds=grace,
         db_pool_size=pool_size,
-        uvloop=env.get("UVLOOP", "1").strip().lower() not in {"0", "false", "no"},
+        uvloop=_flag(env, "UVLOOP", default=True),
+        limits=load_limits(env),
     )
 
 
@@ -210,7 +296,7 @@ class Variable:
     default: str  # as a person reads it; `tests/test_config_docs.py` checks it is the real one
 
 
-# Every variable load_settings (and CsvLimits.from_env) reads, in the order people look for them.
+# Every variable load_settings reads, in the order people look for them.
 # `--help` of each service and README's configuration table are generated from this list
 # (`make docs`); a test fails when either, or load_settings, drifts from it.
 ENVIRONMENT: tuple[Variable, ...] = (
@@ -277,9 +363,52 @@ ENVIRONMENT: tuple[Variable, ...] = (
     ),
     Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),
     Variable(
+        "DATABASE_APP_ROLE",
+        "role `migrate` creates (no superuser, no BYPASSRLS) and grants each service's tables "
+        "to; serve as it so row-level security applies",
+        "unset: none (the embedded default always uses `school_app`)",
+    ),
+    Variable(
+        "DATABASE_APP_PASSWORD",
+        "password `migrate` sets for DATABASE_APP_ROLE (or DATABASE_APP_PASSWORD_FILE)",
+        "unset: the role's password is left as it is",
+    ),
+    Variable(
+        "DATABASE_APP_PASSWORD_FILE",
+        "a file holding DATABASE_APP_PASSWORD (a mounted secret)",
+        "unset",
+    ),
+    Variable(
+        "REQUIRE_RLS",
+        "`1`: `serve` refuses to start as a role row-level security does not apply to "
+        "(superuser, BYPASSRLS, table owner); otherwise it logs a warning",
+        "0",
+    ),
+    Variable(
         "CSV_MAX_BYTES",
         "largest CSV upload, in bytes (`RESOURCE_EXHAUSTED` beyond)",
         "1073741824 (1 GiB)",
+    ),
+    Variable(
+        "PROGRESS_VALUE_MAX_CHARS",
+        "longest progress `value` a write or import stores, in characters",
+        "4096",
+    ),
+    Variable(
+        "PROGRESS_METADATA_MAX_BYTES",
+        "largest progress `metadata`, in bytes encoded as the `google.protobuf.Value` reads "
+        "answer with (a number takes 9, a string its UTF-8 length + 2)",
+        "32768 (32 KiB)",
+    ),
+    Variable(
+        "PROGRESS_METADATA_MAX_DEPTH",
+        "deepest nesting of objects and arrays in progress `metadata` (at most 32)",
+        "16",
+    ),
+    Variable(
+        "ACADEMIC_YEARS_GET_MAX_REFERENCES",
+        "classes, and timetables, GetAcademicYear returns: the first ones by name",
+        "1000",
     ),
 )
 

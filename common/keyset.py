@@ -33,6 +33,7 @@ from common.db.executor import Record
 from common.pagetoken import invalid
 
 VALUE, NULL = "v", "n"
+_ABSENT = object()
 Cells = Callable[[FromClause], Sequence[ColumnElement[Any]]]
 # Builds a statement for the rows after a position in a region (None: from the start).
 Builder = Callable[[str | None], Select[Any]]
@@ -160,9 +161,12 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def position(record: Record, key: SortKey) -> list[Any]:
-    """Where a page that ended with `record` (a row holding both key columns) ended."""
-    value = record[key.column]
+def position(record: Record, key: SortKey, value_label: str | None = None) -> list[Any]:
+    """Where a page that ended with `record` (a row holding both key columns) ended. The sort
+    value is read under `value_label` when the row has one: its column may be read cut."""
+    value = record.get(value_label, _ABSENT) if value_label else _ABSENT
+    if value is _ABSENT:
+        value = record[key.column]
     region = NULL if key.nulls and value is None else VALUE
     return [region, None if key.by_id else _encode(value), record[key.id]]
 

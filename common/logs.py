@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from typing import Any, TextIO
 
-# The access log's logger: one line per RPC (common.interceptors).
+# The access log's logger: one line per RPC (common.accesslog).
 ACCESS_LOGGER = "rpc"
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -17,8 +16,14 @@ _ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, the service when named, logger, message, extras."""
+
     _second = -1
     _second_text = ""
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self._service = {"service": service} if service else {}
 
     def _timestamp(self, record: logging.LogRecord) -> str:
         """ISO time in UTC; the formatted second is reused, as most lines share it."""
@@ -32,6 +37,7 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": self._timestamp(record),
             "level": record.levelname.lower(),
+            **self._service,
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -42,11 +48,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """`time level [service] logger: message  key=value ...`, for a terminal."""
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self._prefix = f"[{service}] " if service else ""
+
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
             f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED and v is not None
         )
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} "
+        line += f"{self._prefix}{record.name}: "
         line += record.getMessage() + (f"  {extras}" if extras else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -54,32 +67,21 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class AccessBufferingHandler(logging.StreamHandler[TextIO]):
-    """Writes access-log lines in batches; every other line at once, after what is pending.
+    """Writes a batch of access lines at once; every other line at once, after what is held.
 
     One write and flush per RPC cost more CPU than the RPC's own Python code: every write is a
     system call that hands the interpreter lock to gRPC's polling thread and back. Access lines
-    (INFO on the `rpc` logger) are gathered and written together at least every
-    `interval` seconds or every `max_lines` lines; a line of any other logger or level (start-up,
-    drain, warnings, errors) writes what is pending and itself immediately, so the order holds
-    and nothing an operator waits for is held back. Pending lines are written on `flush()`,
-    which `logging.shutdown()` calls at exit.
+    (INFO on the `rpc` logger) come in batches from `common.accesslog.AccessLog`, which flushes
+    the handlers after each batch; until then they are held here (written every `max_lines`
+    lines of a large batch). A line of any other logger or level (start-up, drain, warnings,
+    errors) writes what is held and itself immediately, so the order holds.
+    `logging.shutdown()` flushes at exit.
     """
 
-    def __init__(
-        self, stream: TextIO | None = None, *, interval: float = 0.25, max_lines: int = 256
-    ) -> None:
+    def __init__(self, stream: TextIO | None = None, *, max_lines: int = 256) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
         self._max_lines = max_lines
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_every, args=(interval,), name="log-flusher", daemon=True
-        )
-        self._flusher.start()
-
-    def _flush_every(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
         try:
@@ -106,16 +108,27 @@ class AccessBufferingHandler(logging.StreamHandler[TextIO]):
             self.release()
 
     def close(self) -> None:
-        self._stop.set()
         self.flush()
         super().close()
 
 
-def setup_logging(log_format: str, level: int = logging.INFO) -> None:
+def flush_handlers(logger: logging.Logger) -> None:
+    """Flush every handler a record of `logger` reaches."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            handler.flush()
+        current = current.parent if current.propagate else None
+
+
+def setup_logging(
+    log_format: str, level: int = logging.INFO, *, service: str | None = None
+) -> None:
+    """Log to stderr in `log_format`; every line names `service`, the process's service."""
     # No formatter prints the process, thread or process name: don't look them up per record.
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     handler = AccessBufferingHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else ConsoleFormatter()
+    formatter = (JsonFormatter if log_format == "json" else ConsoleFormatter)(service)
     formatter.converter = __import__("time").gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from common.db import Database
-from common.interceptors import Behavior, Handler, _CachingInterceptor, _rebuild
+from common.handlers import Around, Context, Handler, WrappingInterceptor
 
 # Seconds; finer at the low end where a healthy RPC lands.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -53,7 +53,7 @@ class _PoolCollector(Collector):
 
 class ServerMetrics:
     """One registry per server: an interceptor for starts and in-flight streams, and an
-    `RpcObserver` (fed by `ErrorInterceptor`) for outcomes, so codes match the access log."""
+    `RpcObserver` (fed by the `AccessLog`) for outcomes, so codes match the access log."""
 
     def __init__(self, db: Database | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -111,40 +111,36 @@ class ServerMetrics:
         return server, int(server.server_port)
 
 
-class _StartInterceptor(_CachingInterceptor):
+class _StartInterceptor(WrappingInterceptor):
     """Counts starts and keeps the in-flight gauge; outermost, so it sees every RPC."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         super().__init__()
         self._metrics = metrics
 
-    def wrap(self, method: str, handler: Handler) -> Handler:
+    def around(self, method: str, handler: Handler) -> Around:
         labels = self._metrics.register_method(method, handler)
-        started, in_flight = (
-            self._metrics.started.labels(*labels),
-            self._metrics.in_flight.labels(*labels),
+        return _Tracked(
+            self._metrics.started.labels(*labels), self._metrics.in_flight.labels(*labels)
         )
 
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                started.inc()
-                with in_flight.track_inprogress():
-                    return await behavior(request, context)
 
-            return call
+class _Tracked(Around):
+    """One method's calls counted as they start, and in flight until they end."""
 
-        def stream(behavior: Behavior) -> Behavior:
-            async def call(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                started.inc()
-                with in_flight.track_inprogress():
-                    async for response in behavior(request, context):
-                        yield response
+    def __init__(self, started: Counter, in_flight: Gauge) -> None:
+        self._started = started
+        self._in_flight = in_flight
 
-            return call
+    async def enter(self, context: Context) -> None:
+        self._started.inc()
+        self._in_flight.inc()
 
-        return _rebuild(handler, unary, stream)
+    def done(self, state: None) -> None:
+        self._in_flight.dec()
+
+    async def failed(self, state: None, context: Context, error: BaseException) -> None:
+        self._in_flight.dec()
 
 
 def metrics_port_for(addr: str, worker_index: int) -> str:

@@ -8,14 +8,13 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Select, column, func, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from common.db.engine import sqlalchemy_url
+from common.db.engine import Database, sqlalchemy_url
 
 
 def alembic_config(database_url: str, migrations_dir: Path, version_table: str) -> Config:
@@ -31,24 +30,14 @@ def upgrade(database_url: str, migrations_dir: Path, version_table: str) -> None
     command.upgrade(alembic_config(database_url, migrations_dir, version_table), "head")
 
 
-async def pending_revision(
-    database_url: str, migrations_dir: Path, version_table: str
-) -> str | None:
-    """The head revision when the database is behind it, else None."""
-    head = ScriptDirectory.from_config(
-        alembic_config(database_url, migrations_dir, version_table)
-    ).get_current_head()
-
-    def current(connection: Connection) -> str | None:
-        ctx = MigrationContext.configure(connection, opts={"version_table": version_table})
-        return ctx.get_current_revision()
-
-    engine = create_async_engine(sqlalchemy_url(database_url), poolclass=NullPool)
-    try:
-        async with engine.connect() as conn:
-            revision = await conn.run_sync(current)
-    finally:
-        await engine.dispose()
+async def pending_revision(db: Database, migrations_dir: Path, version_table: str) -> str | None:
+    """The head revision when the database is behind it, else None (read on the pool)."""
+    config = alembic_config("", migrations_dir, version_table)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    versions: Select[Any] = select(column("version_num")).select_from(table(version_table))
+    async with db.unit_of_work(None, lambda *_: None) as uow:
+        found = await uow.executor.scalar(select(func.to_regclass(version_table).is_not(None)))
+        revision = await uow.executor.scalar(versions) if found else None
     return None if revision == head else head
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import secrets
 from typing import Any
 
 from common.config import Settings
@@ -89,6 +90,11 @@ class PageTokens:
     @classmethod
     def from_settings(cls, settings: Settings) -> PageTokens:
         return cls(derive_key(settings))
+
+    @classmethod
+    def ephemeral(cls) -> PageTokens:
+        """A key of this process's own: its tokens mean nothing to any other process."""
+        return cls(secrets.token_bytes(32))
 
     def _tag(self, bound: bytes, payload: bytes) -> bytes:
         mac = hmac.new(self._key, VERSION + bound + payload, hashlib.sha256)

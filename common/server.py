@@ -6,11 +6,10 @@ import asyncio
 import logging
 import os
 import signal
-import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -18,24 +17,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from common.accesslog import AccessLog, RpcObserver
 from common.auth import MAX_TOKEN_BYTES, TokenVerifier
-from common.config import Settings
+from common.authn import AuthInterceptor
+from common.config import Limits, Settings
 from common.db import Database
+from common.db.roles import RoleError, serving_risks
+from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
-from common.interceptors import (
-    AuthInterceptor,
-    ErrorInterceptor,
-    RpcObserver,
-    ServedByInterceptor,
-)
+from common.limits import ResponseBound, check_responses
 from common.metrics import ServerMetrics, metrics_port_for
 
 log = logging.getLogger("server")
 
 MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
-# Adds a service's servicers to the server, built on the process's pool and settings.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Logged once when a second stop signal cuts the drain short; the exit code is 128 + signal.
+FORCED_EXIT = "second signal while draining: exiting now"
+
+# Adds a service's servicers to the server, built on the database and the settings' limits.
 Register = Callable[[aio.Server, Database, Settings], None]
+Interceptor: TypeAlias = "aio.ServerInterceptor[Any, Any]"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class ServiceDefinition:
     register: Register
     migrations_dir: Path
     version_table: str
+    # The largest responses the service can send under a set of limits (see common.limits).
+    response_bounds: Callable[[Limits], Sequence[ResponseBound]]
+    # The tables its app role is granted, with the privileges (see common.db.roles).
+    app_grants: Mapping[str, str] = field(default_factory=dict)
+
+    def check_limits(self, settings: Settings) -> None:
+        """ConfigError when a response might outgrow the message limit under `settings`."""
+        check_responses(self.response_bounds(settings.limits), settings.max_message_bytes)
 
 
 @dataclass
@@ -57,6 +68,7 @@ class RunningServer:
     port: int
     health: Any
     db: Database
+    access_log: AccessLog
     extra_shutdown: list[Callable[[], object]] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     metrics_port: int | None = None
@@ -65,6 +77,7 @@ class RunningServer:
         """Health NOT_SERVING first, then let in-flight RPCs finish within `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.access_log.report()  # the last calls' metrics and lines
         for hook in self.extra_shutdown:
             hook()
         await self.db.dispose()
@@ -85,7 +98,11 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def database(settings: Settings) -> Database:
     if settings.database_url is None:
         raise ValueError("no database URL: the command line starts the embedded one first")
-    return Database(settings.database_url, pool_size=settings.db_pool_size)
+    return Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        application_name=f"{settings.service}/{os.getpid()}",
+    )
 
 
 async def start_server(
@@ -94,8 +111,10 @@ async def start_server(
     *,
     db: Database | None = None,
     observers: Sequence[RpcObserver] = (),
+    interceptors: Sequence[Interceptor] = (),
 ) -> RunningServer:
-    """Build, bind and start the server; the caller owns shutdown."""
+    """Build, bind and start the server; the caller owns shutdown. `interceptors` go first."""
+    definition.check_limits(settings)
     db = db or database(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -108,18 +127,16 @@ async def start_server(
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
     metrics = ServerMetrics(db) if settings.metrics_addr else None
-    errors = ErrorInterceptor(
-        definition.domain, (*observers, metrics.observe) if metrics else observers
+    access_log = AccessLog((*observers, metrics.observe) if metrics else observers)
+    server = aio.server(
+        interceptors=[
+            *interceptors,
+            *([metrics.interceptor()] if metrics else []),
+            ErrorInterceptor(definition.domain, access_log),
+            AuthInterceptor(TokenVerifier(settings.jwt)),
+        ],
+        options=options,
     )
-    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        errors,
-        AuthInterceptor(TokenVerifier(settings.jwt)),
-    ]
-    if metrics:
-        interceptors.insert(0, metrics.interceptor())
-    if settings.workers > 1:
-        interceptors.insert(0, ServedByInterceptor(f"{socket.gethostname()}/{os.getpid()}"))
-    server = aio.server(interceptors=interceptors, options=options)
     definition.register(server, db, settings)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -140,8 +157,7 @@ async def start_server(
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", *definition.service_names):
         await health_servicer.set(name, serving)
-    running = RunningServer(server, port, health_servicer, db, metrics=metrics)
-    running.extra_shutdown.append(errors.report_finished)  # the last calls' metrics and lines
+    running = RunningServer(server, port, health_servicer, db, access_log, metrics=metrics)
     if metrics and settings.metrics_addr:
         addr = metrics_port_for(settings.metrics_addr, settings.worker_index)
         http, running.metrics_port = metrics.serve_http(addr)
@@ -169,15 +185,36 @@ async def wait_for_database(db: Database, *, attempts: int = 10, delay: float = 
             await asyncio.sleep(min(delay * attempt, 5.0))
 
 
-async def serve(definition: ServiceDefinition, settings: Settings) -> None:
+async def check_role(db: Database, definition: ServiceDefinition, settings: Settings) -> None:
+    """Warns (or, with REQUIRE_RLS, refuses) when the role the service connects as is one that
+    row-level security does not apply to: the database's second line of tenant isolation
+    would be off without anyone knowing."""
+    async with db.unit_of_work(None, lambda *_: None) as uow:
+        risks = await serving_risks(uow.executor.conn, list(definition.app_grants))
+    if not risks:
+        return
+    message = (
+        f"row-level security does not apply to {definition.name}'s database role "
+        f"({'; '.join(risks)}): a query that forgot its tenant filter would reach every "
+        "organization. Migrate as the owner with DATABASE_APP_ROLE set and serve as that "
+        "role (docs/security.md)"
+    )
+    if settings.require_rls:
+        raise RoleError(message + "; REQUIRE_RLS is set, so the service does not start")
+    log.warning(message, extra={"risks": risks})
+
+
+async def serve(
+    definition: ServiceDefinition, settings: Settings, interceptors: Sequence[Interceptor] = ()
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
     db = database(settings)
     await wait_for_database(db)
-    running = await start_server(definition, settings, db=db)
+    await check_role(db, definition, settings)
+    running = await start_server(definition, settings, db=db, interceptors=interceptors)
     log.info(
         "serving",
         extra={
-            "service": definition.name,
             "addr": settings.grpc_addr,
             "port": running.port,
             "tls": settings.tls is not None,
@@ -187,12 +224,27 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # With several workers the parent process decides when a second signal means now
+    # (common.workers): a worker may get each signal twice, once from a Ctrl-C sent to the
+    # whole process group and once more from the parent passing it on.
+    if settings.workers == 1:
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, _exit_now, sig, running.access_log)
     log.info("draining", extra={"grace_seconds": settings.grace_seconds})
     await running.shutdown(settings.grace_seconds)
     log.info("stopped")
+
+
+def _exit_now(signum: int, access_log: AccessLog) -> None:
+    """A second signal while draining: exit at once, without waiting for the calls in flight."""
+    access_log.report()  # the lines of the calls that did finish
+    log.warning(FORCED_EXIT, extra={"signal": signal.Signals(signum).name})
+    logging.shutdown()
+    # Not SystemExit: asyncio.run would then wait for the drain's tasks to be cancelled.
+    os._exit(128 + signum)
 
 
 def run_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:

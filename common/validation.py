@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from common.errors import FieldViolation
+from common.limits import field_bytes
 
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
+UNICODE_MESSAGE = "must be valid Unicode (no lone surrogates)"
 
 
 def text_violations(
@@ -27,27 +30,95 @@ def text_violations(
     return []
 
 
-def _json_problem(value: Any) -> str | None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if NUL in item:
-                return NUL_MESSAGE
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return "numbers must be finite"
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if NUL in key:
-                    return NUL_MESSAGE
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
+# The largest finite double: a JSON integer beyond it has no google.protobuf.Value form.
+_DOUBLE_MAX = sys.float_info.max
+
+
+def _scalar_problem(item: Any) -> str | None:
+    if isinstance(item, str):
+        if NUL in item:
+            return NUL_MESSAGE
+        if not item.isascii() and not _is_unicode(item):
+            return UNICODE_MESSAGE
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            return "numbers must be finite"
+    elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > _DOUBLE_MAX:
+        return "numbers must fit a double"
     return None
 
 
-def json_violations(value: Any, field: str) -> list[FieldViolation]:
-    """JSON that PostgreSQL's jsonb (and strict JSON) can store: no NUL, no NaN or infinity."""
-    problem = _json_problem(value)
+def _is_unicode(text: str) -> bool:
+    """False for a lone surrogate (a JSON "\\ud800" escape), which UTF-8 cannot encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_problem(value: Any, max_depth: int | None) -> str | None:
+    """What makes `value` unstorable (iteratively: its depth is not known yet), or None."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            if max_depth is not None and depth > max_depth:
+                return f"must nest at most {max_depth} levels deep"
+            if isinstance(item, dict):
+                for key in item:
+                    if problem := _scalar_problem(key):
+                        return problem
+                stack.extend((child, depth) for child in item.values())
+            else:
+                stack.extend((child, depth) for child in item)
+        elif problem := _scalar_problem(item):
+            return problem
+    return None
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _value_size(value: Any) -> int:
+    """Bytes of `value` encoded as a google.protobuf.Value (recursive: check depth first)."""
+    if isinstance(value, str):
+        return field_bytes(_utf8_length(value))
+    if isinstance(value, bool) or value is None:
+        return 2  # bool_value or null_value: a tag and a one-byte varint
+    if isinstance(value, int | float):
+        return 9  # number_value: a tag and a fixed 64-bit double
+    if isinstance(value, list):
+        return field_bytes(sum(field_bytes(_value_size(child)) for child in value))
+    entries = (
+        field_bytes(field_bytes(_utf8_length(key)) + field_bytes(_value_size(child)))
+        for key, child in value.items()
+    )
+    return field_bytes(sum(entries))
+
+
+def json_encoded_size(value: Any) -> int:
+    """Bytes `value` takes as a google.protobuf.Value field's payload; 0 for None (absent)."""
+    return 0 if value is None else _value_size(value)
+
+
+def json_problem(
+    value: Any, max_bytes: int | None = None, max_depth: int | None = None
+) -> str | None:
+    """Why `value` cannot be stored and read back within the limits, or None: a NUL (jsonb
+    refuses it), a number with no finite double form, a lone surrogate, or too deep or too
+    large as the google.protobuf.Value every read answers with."""
+    problem = _json_problem(value, max_depth)
+    if problem is None and max_bytes is not None and json_encoded_size(value) > max_bytes:
+        problem = f"must be at most {max_bytes} bytes encoded"
+    return problem
+
+
+def json_violations(
+    value: Any, field: str, max_bytes: int | None = None, max_depth: int | None = None
+) -> list[FieldViolation]:
+    """JSON that PostgreSQL's jsonb (and strict JSON) can store and a read can answer with."""
+    problem = json_problem(value, max_bytes, max_depth)
     return [FieldViolation(field, problem)] if problem else []

@@ -11,6 +11,7 @@ from common.config import Settings
 from common.db import Database
 from common.pagetoken import PageTokens
 from common.server import ServiceDefinition
+from progress_service.limits import response_bounds
 from progress_service.service import UserProgressService
 from progress_service.servicer import UserProgressServicer
 
@@ -18,7 +19,7 @@ SERVICE_NAME = progress_pb2.DESCRIPTOR.services_by_name["UserProgressService"].f
 
 
 def register(server: aio.Server, db: Database, settings: Settings) -> None:
-    service = UserProgressService(db, PageTokens.from_settings(settings))
+    service = UserProgressService(db, settings.limits, PageTokens.from_settings(settings))
     progress_pb2_grpc.add_UserProgressServiceServicer_to_server(
         UserProgressServicer(service), server
     )
@@ -32,4 +33,6 @@ DEFINITION = ServiceDefinition(
     register=register,
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_progress",
+    app_grants={"user_progress": "SELECT, INSERT, UPDATE, DELETE"},
+    response_bounds=response_bounds,
 )

@@ -22,7 +22,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from common import keyset
-from common.csvstream import CellError, CsvColumn, formula_safe, int32, json_text
+from common.config import Limits
+from common.csvstream import (
+    CellError,
+    CsvColumn,
+    bounded_json,
+    bounded_text,
+    formula_safe,
+    int32,
+)
 from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
 from common.errors import FieldViolation
@@ -47,14 +55,19 @@ def _csv_item_id(value: str) -> str:
     return item_id
 
 
-CSV_COLUMNS = (
-    CsvColumn("progress_type", _csv_progress_type, required=True, nullable=False),
-    CsvColumn("item_id", _csv_item_id, required=True, nullable=False),
-    CsvColumn("value"),
-    CsvColumn("score", int32),
-    CsvColumn("metadata", json_text),
-)
-CSV_HEADER = tuple(c.name for c in CSV_COLUMNS)
+def csv_columns(limits: Limits) -> tuple[CsvColumn, ...]:
+    """The import's columns, each held to the limits a write through the API is held to."""
+    metadata = bounded_json(limits.progress_metadata_max_bytes, limits.progress_metadata_max_depth)
+    return (
+        CsvColumn("progress_type", _csv_progress_type, required=True, nullable=False),
+        CsvColumn("item_id", _csv_item_id, required=True, nullable=False),
+        CsvColumn("value", bounded_text(limits.progress_value_max_chars)),
+        CsvColumn("score", int32),
+        CsvColumn("metadata", metadata),
+    )
+
+
+CSV_HEADER = ("progress_type", "item_id", "value", "score", "metadata")
 
 STAGING: Staging = staging(
     "user_progress",

@@ -41,6 +41,8 @@ class UserProgress:
     user_id: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    # Fields a read cut short: the row was stored before today's limits (see `as_read`).
+    truncated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -9,9 +11,12 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Select,
+    Text,
     and_,
     bindparam,
+    cast,
     func,
+    literal_column,
     select,
     update,
 )
@@ -22,6 +27,7 @@ from common.db import Record, utcnow
 from common.pagination import PageRequest
 from common.repository import TenantRepository
 from progress_service.domain import UserProgress, UserProgressInput
+from progress_service.limits import DEFAULT_CAPS, ReadCaps
 from progress_service.tables import user_progress as t
 
 COLUMNS = (
@@ -42,13 +48,38 @@ _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 LIST_ORDER = keyset.SortKey("createdAt", descending=True)
 
 
-def _rows(source: Any) -> list[Any]:
-    return [source.c[c.name] for c in COLUMNS]
-
-
 def to_domain(record: Record) -> UserProgress:
-    """The one row mapper: a record of `COLUMNS` (ids arrive as text, JSON decoded)."""
+    """The row mapper of writes: a record of `COLUMNS` (ids arrive as text, JSON decoded)."""
     return UserProgress(*record)
+
+
+def _capped(column: ColumnElement[str], chars: int, name: str) -> ColumnElement[str]:
+    """The first `chars` + 1 characters of `column`: enough to see it is longer than `chars`.
+    The number is written into the statement, which is built and compiled once per cap."""
+    return func.left(column, literal_column(str(chars + 1))).label(name)
+
+
+def listed_columns(caps: ReadCaps) -> tuple[ColumnElement[Any], ...]:
+    """`COLUMNS` with item_id, value and metadata (as JSON text) loaded only up to `caps`."""
+    return (
+        t.c.id,
+        t.c.progress_type,
+        _capped(t.c.item_id, caps.item_chars, "item_id"),
+        _capped(t.c.value, caps.value_chars, "value"),
+        t.c.score,
+        _capped(cast(t.c["metadata"], Text), caps.metadata_chars, "metadata"),
+        *COLUMNS[6:],
+    )
+
+
+def listed_to_domain(record: Record, caps: ReadCaps) -> UserProgress:
+    """A record of `listed_columns`; metadata past its cap is left out and named as cut (the
+    service cuts the texts: `service.as_read`)."""
+    row = to_domain(record)
+    text = row.metadata
+    if text is not None and len(text) > caps.metadata_chars:
+        return replace(row, metadata=None, truncated=("metadata",))
+    return replace(row, metadata=None if text is None else json.loads(text))
 
 
 def on_conflict_update(statement: Insert) -> Insert:
@@ -89,10 +120,12 @@ class UserProgressRepository(TenantRepository):
 
     @classmethod
     @cache
-    def _page_statement(cls, global_access: bool, with_item: bool) -> Select[Any]:
+    def _page_statement(
+        cls, global_access: bool, with_item: bool, caps: ReadCaps = DEFAULT_CAPS
+    ) -> Select[Any]:
         """A page by number (OFFSET), for callers that still send `page`."""
         return (
-            select(*COLUMNS)
+            select(*listed_columns(caps))
             .where(cls._matching(global_access, with_item))
             .order_by(*keyset.order_by(t, LIST_ORDER))
             .limit(bindparam("limit"))
@@ -101,10 +134,14 @@ class UserProgressRepository(TenantRepository):
 
     @classmethod
     @cache
-    def _keyset_statement(cls, global_access: bool, with_item: bool, after: bool) -> Select[Any]:
-        """The first page, or the page after the position bound in `k_value`/`k_id`."""
+    def _keyset_statement(
+        cls, global_access: bool, with_item: bool, after: bool, caps: ReadCaps = DEFAULT_CAPS
+    ) -> Select[Any]:
+        """The first page, or the page after the position bound in `k_value`/`k_id`; no
+        column loaded beyond `caps`. (The order has no NULLs: one branch, on the table.)"""
         where = [cls._matching(global_access, with_item)]
-        return keyset.page(t, where, LIST_ORDER, keyset.VALUE if after else None, _rows)
+        region = keyset.VALUE if after else None
+        return keyset.page(t, where, LIST_ORDER, region, lambda _table: listed_columns(caps))
 
     @classmethod
     @cache
@@ -154,28 +191,30 @@ class UserProgressRepository(TenantRepository):
         item_id: str | None,
         page: PageRequest,
         position: list[Any] | None,
+        caps: ReadCaps = DEFAULT_CAPS,
         *,
         counted: bool = True,
     ) -> tuple[list[UserProgress], int | None, list[Any] | None]:
-        """One page, by number (OFFSET) or after `position` (keyset); the count before paging
-        unless not `counted`; and where the next page starts, unless this is the last."""
+        """One page of the caller's rows, by number (OFFSET) or after `position` (keyset), no
+        column loaded beyond `caps`; the count before paging unless not `counted`; and where
+        the next page starts, unless this is the last."""
         shape = (self.global_access, item_id is not None)
         params = self.binds(b_type=progress_type, b_item=item_id, limit=page.limit + 1)
         count = None
         if counted:
             count = int(await self.db.scalar(self._count_statement(*shape), params))
         if page.offset:
-            statement = self._page_statement(*shape)
+            statement = self._page_statement(*shape, caps)
             params["b_offset"] = page.offset
         else:
             if position is not None:
                 params.update(keyset.resume(t, LIST_ORDER, position)[1])
-            statement = self._keyset_statement(*shape, position is not None)
+            statement = self._keyset_statement(*shape, position is not None, caps)
         records = await self.db.rows(statement, params)
         more = len(records) > page.limit
         records = records[: page.limit]
         last = keyset.position(records[-1], LIST_ORDER) if more else None
-        return [to_domain(r) for r in records], count, last
+        return [listed_to_domain(r, caps) for r in records], count, last
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self.binds(b_type=progress_type, b_item=item_id, b_now=utcnow())

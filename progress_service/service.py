@@ -3,36 +3,71 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import replace
 
 from common import pagetoken
 from common.auth import Principal
-from common.csvstream import CsvLimits, CsvReader
+from common.config import Limits
+from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.db import Database
 from common.errors import ValidationError
 from common.pagetoken import PageTokens
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
-from common.validation import text_violations
-from progress_service.csv import CSV_COLUMNS, CSV_HEADER, STAGING, ProgressCsvRepository
+from common.validation import json_problem, text_violations
+from progress_service.csv import CSV_HEADER, STAGING, ProgressCsvRepository, csv_columns
 from progress_service.domain import ImportSummary, Page, UserProgress, UserProgressInput
+from progress_service.limits import TRUNCATABLE, read_caps
 from progress_service.repository import UserProgressRepository
-from progress_service.validation import check_progress_type, clean_item_id, validate_input
+from progress_service.validation import (
+    MAX_ITEM_ID_LENGTH,
+    check_progress_type,
+    clean_item_id,
+    validate_input,
+)
+
+
+def as_read(row: UserProgress, limits: Limits) -> UserProgress:
+    """`row` as a read answers with it. A row stored before today's limits may pass them:
+    its item_id and value are cut to their limits and metadata past its limits left out,
+    each named in `truncated`, so that a page of such rows still fits one message; the
+    stored row stays whole (the CSV export carries it)."""
+    cut = set(row.truncated)
+    item_id, value, metadata = row.item_id, row.value, row.metadata
+    if len(item_id) > MAX_ITEM_ID_LENGTH:
+        item_id = item_id[:MAX_ITEM_ID_LENGTH]
+        cut.add("item_id")
+    if value is not None and len(value) > limits.progress_value_max_chars:
+        value = value[: limits.progress_value_max_chars]
+        cut.add("value")
+    max_bytes, max_depth = limits.progress_metadata_max_bytes, limits.progress_metadata_max_depth
+    if metadata is not None and json_problem(metadata, max_bytes, max_depth):
+        metadata = None
+        cut.add("metadata")
+    if not cut:
+        return row
+    truncated = tuple(name for name in TRUNCATABLE if name in cut)
+    return replace(row, item_id=item_id, value=value, metadata=metadata, truncated=truncated)
+
 
 LISTING = "progress.v1.UserProgressService/ListUserProgress"
 
 
 class UserProgressService:
     def __init__(
-        self, db: Database, tokens: PageTokens, csv_limits: CsvLimits | None = None
+        self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
     ) -> None:
         self._db = db
-        self._tokens = tokens
-        self._csv_limits = csv_limits or CsvLimits.from_env()
+        self._limits = limits or Limits()
+        self._caps = read_caps(self._limits)
+        self._csv_columns = csv_columns(self._limits)
+        # The app passes the key from the settings; left out (tests, tools), this instance's own.
+        self._tokens = tokens or PageTokens.ephemeral()
 
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         scope = tenant_scope(principal)
-        clean = validate_input(data)
+        clean = validate_input(data, self._limits)
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
             record, _created = await uow.repo.upsert(clean)
             await uow.commit()
@@ -62,10 +97,10 @@ class UserProgressService:
         position = self._tokens.read(paging.token, bound) if paging.token else None
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
             rows, count, last = await uow.repo.list(
-                progress_type, item_id, paging, position, counted=not skip_count
+                progress_type, item_id, paging, position, self._caps, counted=not skip_count
             )
         next_token = "" if last is None else self._tokens.issue(bound, last)
-        return Page(rows, count or 0, next_token)
+        return Page([as_read(row, self._limits) for row in rows], count or 0, next_token)
 
     async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
         scope = tenant_scope(principal)
@@ -84,7 +119,7 @@ class UserProgressService:
         scope = tenant_scope(principal)
         scope.writable_organization()
         reader = CsvReader(
-            chunks, CSV_COLUMNS, limits=self._csv_limits, label="user_progress import"
+            chunks, self._csv_columns, limits=self._limits, label="user_progress import"
         )
         created, updated = await import_csv(
             self._db, scope, ProgressCsvRepository, reader, STAGING, lambda r: r.apply_import()

@@ -31,6 +31,7 @@ def to_proto(record: UserProgress) -> progress_pb2.UserProgress:
         user_id=record.user_id,
         created_at=timestamp(record.created_at),
         updated_at=timestamp(record.updated_at),
+        truncated_fields=record.truncated,
     )
 
 

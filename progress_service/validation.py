@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.config import Limits
 from common.errors import FieldViolation, ValidationError
 from common.validation import NUL, json_violations, text_violations
 from progress_service.domain import PROGRESS_TYPE_VALUES, UserProgressInput
@@ -27,12 +28,19 @@ def clean_item_id(value: str, field: str, violations: list[FieldViolation]) -> s
     return item_id
 
 
-def validate_input(data: UserProgressInput, prefix: str = "data.") -> UserProgressInput:
+def validate_input(
+    data: UserProgressInput, limits: Limits, prefix: str = "data."
+) -> UserProgressInput:
     """The input as it will be stored, or a ValidationError naming every bad field."""
     violations = check_progress_type(data.progress_type, f"{prefix}progress_type")
     item_id = clean_item_id(data.item_id, f"{prefix}item_id", violations)
-    violations += text_violations(data.value, f"{prefix}value")
-    violations += json_violations(data.metadata, f"{prefix}metadata")
+    violations += text_violations(data.value, f"{prefix}value", limits.progress_value_max_chars)
+    violations += json_violations(
+        data.metadata,
+        f"{prefix}metadata",
+        limits.progress_metadata_max_bytes,
+        limits.progress_metadata_max_depth,
+    )
     if violations:
         raise ValidationError(violations)
     return UserProgressInput(data.progress_type, item_id, data.value, data.score, data.metadata)

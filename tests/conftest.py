@@ -14,13 +14,14 @@ import pytest_asyncio
 from grpc import aio
 from sqlalchemy import MetaData
 
+from bench.scratch import scratch_database
 from common import client
 from common.config import JwtSettings, Settings
 from common.db import Database
 from common.migrations import upgrade
 from common.server import RunningServer, ServiceDefinition, start_server
 from tests.support.callers import SECRET
-from tests.support.databases import scratch_database, test_server_url
+from tests.support.databases import test_server_url
 
 BACKENDS = ["postgres"]
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from common.validation import json_violations
+from common.validation import json_problem
 
 CellParser = Callable[[str], Any]
 
@@ -66,13 +66,37 @@ def _no_constants(name: str) -> Any:
 
 
 def json_text(value: str) -> str | None:
-    """Any JSON value, returned as compact JSON text; JSON null is None (stored as NULL)."""
+    """Any JSON value jsonb stores, as compact JSON text; JSON null is None (stored as NULL)."""
+    return _json(value, None, None)
+
+
+def bounded_json(max_bytes: int, max_depth: int) -> CellParser:
+    """`json_text` within the limits a read answers with (encoded size, nesting depth)."""
+
+    def parse(value: str) -> str | None:
+        return _json(value, max_bytes, max_depth)
+
+    return parse
+
+
+def bounded_text(max_chars: int) -> CellParser:
+    """Text of at most `max_chars` characters."""
+
+    def parse(value: str) -> str:
+        if len(value) > max_chars:
+            raise CellError(f"must be at most {max_chars} characters")
+        return value
+
+    return parse
+
+
+def _json(value: str, max_bytes: int | None, max_depth: int | None) -> str | None:
     try:
         parsed = json.loads(value, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise CellError("must be a JSON text") from None
     if parsed is None:
         return None
-    for violation in json_violations(parsed, ""):  # a \u0000 escape, which jsonb refuses
-        raise CellError(violation.description)
+    if problem := json_problem(parsed, max_bytes, max_depth):  # e.g. a \u0000 escape
+        raise CellError(problem)
     return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)

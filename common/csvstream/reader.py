@@ -10,9 +10,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.config import Limits
 from common.csvstream.cells import CellError, CellParser, text
 from common.csvstream.progress import RateLog
-from common.csvstream.settings import CsvLimits
 from common.errors import MAX_VIOLATIONS, FieldViolation, ResourceExhaustedError, ValidationError
 from common.validation import NUL, NUL_MESSAGE
 
@@ -62,7 +62,7 @@ class CsvReader:
         chunks: AsyncIterable[bytes],
         columns: Sequence[CsvColumn],
         *,
-        limits: CsvLimits,
+        limits: Limits,
         label: str,
     ) -> None:
         self._chunks = chunks
@@ -116,18 +116,18 @@ class CsvReader:
         pending = ""
         async for chunk in self._chunks:
             self.bytes_read += len(chunk)
-            if self.bytes_read > self._limits.max_bytes:
+            if self.bytes_read > self._limits.csv_max_bytes:
                 raise ResourceExhaustedError(
-                    f"the CSV is larger than {self._limits.max_bytes} bytes",
+                    f"the CSV is larger than {self._limits.csv_max_bytes} bytes",
                     reason="CSV_TOO_LARGE",
-                    metadata={"max_bytes": str(self._limits.max_bytes)},
+                    metadata={"max_bytes": str(self._limits.csv_max_bytes)},
                 )
             pending += self._decode(decoder, chunk, pending)
             cut = record_boundary(pending)
             if cut:
                 yield pending[:cut]
                 pending = pending[cut:]
-            if len(pending) > self._limits.max_record_chars:
+            if len(pending) > self._limits.csv_max_record_chars:
                 raise self._unclosed_quote(pending)
         pending += self._decode(decoder, b"", pending, final=True)
         if pending:
@@ -155,7 +155,7 @@ class CsvReader:
             quotes += physical.count('"')
             if was_even and quotes % 2:
                 break
-        limit = self._limits.max_record_chars
+        limit = self._limits.csv_max_record_chars
         return ValidationError(
             [
                 FieldViolation(

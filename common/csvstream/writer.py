@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, String, case, func, literal, literal_colum
 from common.csvstream.progress import RateLog
 
 CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 1024 * 1024  # far under the message limit, whatever a row holds
 CONTENT_TYPE = "text/csv; charset=utf-8"
 # A spreadsheet may run a cell starting with one of these as a formula.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -39,22 +40,44 @@ def header_line(header: Sequence[str], terminator: str = "\n") -> bytes:
     return buffer.getvalue().encode()
 
 
+def utf8_cut(data: bytes, size: int) -> int:
+    """Where to split `data` at most `size` bytes in: not inside a UTF-8 character."""
+    cut = size
+    while cut > max(size - 3, 1) and cut < len(data) and data[cut] & 0xC0 == 0x80:
+        cut -= 1  # a continuation byte: the character started earlier
+    return cut
+
+
 async def rechunk(
-    pieces: AsyncIterable[bytes], *, label: str, chunk_bytes: int = CHUNK_BYTES
+    pieces: AsyncIterable[bytes],
+    *,
+    label: str,
+    chunk_bytes: int = CHUNK_BYTES,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> AsyncIterator[bytes]:
-    """Joins small pieces of CSV text into chunks of about `chunk_bytes`, counting lines."""
+    """Joins small pieces of CSV text into chunks of about `chunk_bytes`, counting lines. A
+    run longer than `max_chunk_bytes` (a row holding a text stored before today's limits) is
+    split, on a character boundary, so no chunk outgrows a message however large a row is."""
     rate, lines, held, size = RateLog(label, "export"), 0, list[bytes](), 0
     async for piece in pieces:
         held.append(piece)
         size += len(piece)
-        if size >= chunk_bytes:
-            data = b"".join(held)
-            held.clear()
-            size = 0
-            lines += data.count(b"\n")
-            rate.tick(lines)
-            yield data
-    if held:
+        if size < chunk_bytes:
+            continue
+        data = b"".join(held)
+        while len(data) > max_chunk_bytes:
+            cut = utf8_cut(data, max_chunk_bytes)
+            lines += data.count(b"\n", 0, cut)
+            yield data[:cut]
+            data = data[cut:]
+        if len(data) < chunk_bytes:
+            held, size = [data], len(data)
+            continue
+        held, size = [], 0
+        lines += data.count(b"\n")
+        rate.tick(lines)
+        yield data
+    if size:
         data = b"".join(held)
         lines += data.count(b"\n")
         yield data

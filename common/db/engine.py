@@ -63,10 +63,14 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 class Database:
     """The process's pool of at most `pool_size` connections, opened on demand."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, application_name: str | None = None
+    ) -> None:
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.pool_size = pool_size
+        # Shown in pg_stat_activity, so an operator sees which process holds a connection.
+        self._settings = {"application_name": application_name} if application_name else {}
         self.pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -79,6 +83,7 @@ class Database:
                     max_size=self.pool_size,
                     init=_init_connection,
                     reset=_keep_session,
+                    server_settings=self._settings,
                 )
             return self.pool
 
@@ -120,4 +125,8 @@ class Database:
     def describe(self) -> dict[str, Any]:
         """Where the pool points, without credentials, for the start-up log line."""
         parts = urlsplit(self.dsn)
-        return {"database": database_name(self.url), "host": parts.hostname or "socket"}
+        return {
+            "database": database_name(self.url),
+            "host": parts.hostname or "socket",
+            "user": parts.username,
+        }

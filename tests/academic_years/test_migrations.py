@@ -12,10 +12,11 @@ import pytest
 from alembic import command
 
 from academic_years_service.app import DEFINITION
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from common.migrations import alembic_config, upgrade
 from common.online_ddl import MigrationRefused
-from tests.support.databases import head_revision, scratch_database
+from tests.support.databases import head_revision
 
 # academic_years_org_name of revision 0001 was replaced by academic_years_org_name_id in 0003.
 INDEXES = {

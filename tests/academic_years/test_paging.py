@@ -172,3 +172,15 @@ async def test_export_reads_keyset_batches_in_lists_order(
         )
         exported = [line[0] for line in parse_csv(await collect(call))[1:]]
         assert exported == expected(rows, field, sort == "desc"), field
+
+
+async def test_names_longer_than_their_cap_page_by_the_whole_name(academic_years: Harness) -> None:
+    """A name stored before the length limit is read cut; the page after it must start after
+    the whole name, or years sharing the cut prefix would repeat or go missing."""
+    caller = staff()
+    long = "a" * 600
+    rows = [{"organizationId": caller.org, "name": f"{long}{i}"} for i in (3, 1, 2)]
+    ids = await seed_years(academic_years, *rows)
+    by_name = [ids[1], ids[2], ids[0]]
+    assert (await walk(academic_years, caller, 1, field="name"))[0] == by_name
+    assert (await walk(academic_years, caller, 1, field="name", sort="desc"))[0] == by_name[::-1]

@@ -25,9 +25,9 @@ from sqlalchemy import Executable
 from academic_years_service import statements as st
 from academic_years_service.app import DEFINITION
 from academic_years_service.domain import AcademicYearFilter, Bounds, Ordering
+from bench.scratch import scratch_database
 from common import keyset
 from common.migrations import upgrade
-from tests.support.databases import scratch_database
 from tests.support.plans import (
     BIG_TABLE_ROWS,
     connect,

@@ -28,6 +28,7 @@ from academic_years_service import repository as ay_repository
 from academic_years_service import statements as ay_statements
 from academic_years_service.app import DEFINITION as AY
 from academic_years_service.domain import AcademicYearFilter
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from common.migrations import upgrade
 from progress_service import csv as progress_csv
@@ -35,7 +36,6 @@ from progress_service.app import DEFINITION as PROGRESS
 from progress_service.repository import UserProgressRepository
 from tests.academic_years.test_query_plans import tenant_cases as ay_cases
 from tests.progress.test_query_plans import cases as progress_cases
-from tests.support.databases import scratch_database
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "citus" / "distribute.sql"
 DISTRIBUTED = re.compile(
@@ -255,7 +255,10 @@ def test_the_compose_profile_migrates_then_distributes_then_serves() -> None:
         assert migrate["depends_on"] == {"citus-nodes": done}
         assert citus["citus-distribute"]["depends_on"][f"{name}-migrate-citus"] == done
         assert serve["depends_on"] == {"citus-distribute": done}
-        url = serve["environment"]["DATABASE_URL"]
-        assert url == migrate["environment"]["DATABASE_URL"] and "@citus-coordinator:" in url
+        owner, app = migrate["environment"]["DATABASE_URL"], serve["environment"]["DATABASE_URL"]
+        assert owner.startswith("postgresql://school@citus-coordinator:")
+        assert app.startswith("postgresql://school_app:") and "@citus-coordinator:" in app
+        assert migrate["environment"]["DATABASE_APP_ROLE"] == "school_app"
+        assert serve["environment"]["REQUIRE_RLS"] == "1"
     nodes = (root / "deploy" / "citus" / "nodes.sql").read_text()
     assert "citus_add_node('citus-worker-1'" in nodes and "citus_add_node('citus-worker-2'" in nodes

@@ -17,7 +17,6 @@ from academic_years_service import domain
 from common import permissions, token
 from common.cli import main as service_main
 from common.config import ENVIRONMENT, environment_markdown, load_settings
-from common.csvstream.settings import CsvLimits
 from tests.support.callers import SECRET, new_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +74,6 @@ def test_the_table_lists_exactly_what_the_services_read(tmp_path: Path) -> None:
     seen: set[str] = set()
     for env in environments(tmp_path):
         load_settings("progress", "127.0.0.1:50051", Reading(env, seen))
-        CsvLimits.from_env(Reading(env, seen))
     assert not seen - NAMES, f"read but not in common.config.ENVIRONMENT: {seen - NAMES}"
     assert not NAMES - seen, f"listed but never read: {NAMES - seen}"
     assert len(NAMES) == len(ENVIRONMENT), "a variable is listed twice"
@@ -97,7 +95,6 @@ def test_each_documented_default_is_the_one_load_settings_uses() -> None:
         assert load_settings("progress", "127.0.0.1:50051", env) == load_settings(
             "progress", "127.0.0.1:50051", BASE
         ), variable.name
-        assert CsvLimits.from_env(env) == CsvLimits.from_env(BASE), variable.name
         checked += 1
     assert checked >= 9
 

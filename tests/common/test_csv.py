@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from common.config import Limits
 from common.csvstream import (
     CellError,
     CsvColumn,
-    CsvLimits,
     CsvReader,
     boolean,
     date,
@@ -45,9 +45,9 @@ async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 
 async def read_all(
-    data: bytes, size: int = 1 << 16, limits: CsvLimits | None = None
+    data: bytes, size: int = 1 << 16, limits: Limits | None = None
 ) -> tuple[CsvReader, list[tuple[Any, ...]]]:
-    reader = CsvReader(pieces(data, size), COLUMNS, limits=limits or CsvLimits(), label="test")
+    reader = CsvReader(pieces(data, size), COLUMNS, limits=limits or Limits(), label="test")
     rows = [row async for batch in reader.rows(batch_rows=3) for row in batch]
     return reader, rows
 
@@ -156,10 +156,10 @@ def test_a_message_counts_the_other_violations_as_violations() -> None:
 @pytest.mark.asyncio
 async def test_reader_limits_bytes_and_unclosed_quotes() -> None:
     with pytest.raises(ResourceExhaustedError):
-        await read_all(b"name\n" + b"x\n" * 100, 10, CsvLimits(max_bytes=50))
+        await read_all(b"name\n" + b"x\n" * 100, 10, Limits(csv_max_bytes=50))
     with pytest.raises(ValidationError) as raised:
         await read_all(
-            b'name\nok\n"never closed\n' + b"x\n" * 100, 8, CsvLimits(max_record_chars=64)
+            b'name\nok\n"never closed\n' + b"x\n" * 100, 8, Limits(csv_max_record_chars=64)
         )
     assert raised.value.violations[0].field == "line 3"
 

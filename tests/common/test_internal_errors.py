@@ -9,7 +9,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from common.interceptors import ErrorInterceptor
+from common.accesslog import AccessLog
+from common.errormap import ErrorInterceptor
 from common.logs import ACCESS_LOGGER
 
 pytestmark = pytest.mark.asyncio
@@ -49,7 +50,8 @@ async def test_a_bug_is_internal_logged_once_and_leaks_nothing() -> None:
         raise RuntimeError(SECRET_DETAIL)
 
     method = "/progress.v1.UserProgressService/ListUserProgress"
-    errors = ErrorInterceptor("progress.v1")
+    access_log = AccessLog()
+    errors = ErrorInterceptor("progress.v1", access_log)
     handler: Any = errors.wrap(method, grpc.unary_unary_rpc_method_handler(buggy))
     logger, records = logging.getLogger(ACCESS_LOGGER), Records()
     logger.addHandler(records)
@@ -59,7 +61,7 @@ async def test_a_bug_is_internal_logged_once_and_leaks_nothing() -> None:
     try:
         with pytest.raises(Aborted):
             await handler.unary_unary(object(), context)
-        errors.report_finished()
+        access_log.report()
     finally:
         logger.removeHandler(records)
         logger.setLevel(old_level)

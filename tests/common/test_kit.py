@@ -79,7 +79,7 @@ def test_settings_defaults_and_validation() -> None:
         named = load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": url})
         assert named.database_url == url
     with pytest.raises(ConfigError, match="PostgreSQL URL"):
-        load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": "sqlite:///x"})
+        load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "DATABASE_URL": "mysql://u@h/d"})
     assert settings.workers == 1 and settings.tls is None and settings.metrics_addr is None
     with pytest.raises(ConfigError, match="WORKERS"):
         load_settings("progress", "a:1", {"JWT_SECRET": STRONG, "WORKERS": "0"})
@@ -253,8 +253,8 @@ class _Metadata:
 
 
 def test_request_ids_are_the_callers_or_new_and_distinct() -> None:
-    from common.interceptors import _request_id
+    from common.accesslog import request_id
 
-    assert _request_id(_Metadata(("x-request-id", "req-7"))) == "req-7"  # type: ignore[arg-type]
-    generated = {_request_id(_Metadata()) for _ in range(1000)}  # type: ignore[arg-type]
+    assert request_id(_Metadata(("x-request-id", "req-7"))) == "req-7"  # type: ignore[arg-type]
+    generated = {request_id(_Metadata()) for _ in range(1000)}  # type: ignore[arg-type]
     assert len(generated) == 1000 and all(len(i) == 32 for i in generated)

@@ -19,7 +19,7 @@ from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.interceptors import REPORT_DELAY
+from common.accesslog import REPORT_DELAY
 from common.logs import JsonFormatter
 from tests.conftest import Harness, start_harness, stop_harness
 from tests.support.callers import Caller, expect_error

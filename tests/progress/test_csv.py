@@ -1,4 +1,4 @@
-"""Progress CSV import and export through a real server, on each backend."""
+"""Progress CSV import and export through a real server."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 from sqlalchemy import select
 
+from common.config import Limits
 from progress_service.tables import user_progress
 from tests.conftest import Harness, stop_harness
 from tests.support.callers import Caller, expect_error, new_uuid
@@ -255,13 +256,13 @@ async def test_many_bad_rows_report_twenty_and_the_total(progress: Harness) -> N
     assert await stored(progress) == []
 
 
-async def test_a_file_over_the_size_limit_is_resource_exhausted(
-    progress: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_file_over_the_size_limit_is_resource_exhausted(progress: Harness) -> None:
     from progress_service.app import DEFINITION
 
-    monkeypatch.setenv("CSV_MAX_BYTES", "1000")
-    small = await start_observed(DEFINITION, progress.db.url, progress.metadata, Finished())
+    limits = Limits(csv_max_bytes=1000)
+    small = await start_observed(
+        DEFINITION, progress.db.url, progress.metadata, Finished(), limits=limits
+    )
     try:
         rows = [[SIGN, f"item {i}", "", "", ""] for i in range(100)]
         error = await expect_error(

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from alembic import command
 
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from common.migrations import alembic_config, upgrade
 from common.online_ddl import MigrationRefused
 from progress_service.app import DEFINITION
-from tests.support.databases import scratch_database
 
 # The original backend's table as Sequelize created it on PostgreSQL (abridged): the
 # organization may be NULL there.

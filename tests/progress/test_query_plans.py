@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Executable
 
+from bench.scratch import scratch_database
 from common.migrations import upgrade
 from progress_service.app import DEFINITION
 from progress_service.csv import _export_boundary, _export_statement
 from progress_service.repository import UserProgressRepository as Repository
-from tests.support.databases import scratch_database
 from tests.support.plans import (
     BIG_TABLE_ROWS,
     connect,

@@ -65,11 +65,15 @@ class Finished:
 
 
 async def start_observed(
-    definition: ServiceDefinition, url: str, metadata: MetaData, finished: Finished
+    definition: ServiceDefinition,
+    url: str,
+    metadata: MetaData,
+    finished: Finished,
+    **overrides: Any,
 ) -> Harness:
     """A second server on an already migrated database, reporting finished RPCs."""
     running = await start_server(
-        definition, test_settings(definition.name, url), observers=[finished]
+        definition, test_settings(definition.name, url, **overrides), observers=[finished]
     )
     from grpc import aio
 

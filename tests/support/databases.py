@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from common.config import LOCAL_DATA_DIR
-from common.db import asyncpg_dsn, embedded
+from common.db import embedded
 
 TEST_SERVER_DIR = LOCAL_DATA_DIR / "test-postgres"
 
@@ -36,23 +29,3 @@ def head_revision(definition: Any) -> str:
     head = ScriptDirectory.from_config(config).get_current_head()
     assert head is not None
     return head
-
-
-@contextmanager
-def scratch_database(server_url: str, prefix: str = "t") -> Iterator[str]:
-    """A new, empty PostgreSQL database on `server_url`'s server, dropped afterwards."""
-    parts = urlsplit(asyncpg_dsn(server_url))
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(urlunsplit(parts))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

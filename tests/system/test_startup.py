@@ -26,11 +26,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from progress.v1 import progress_pb2 as pb
 from progress.v1 import progress_pb2_grpc
 
+from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
 from tests.conftest import ROOT
 from tests.support.callers import Caller
-from tests.support.databases import head_revision, scratch_database
-from tests.support.processes import ServiceProcess, service_env, start_service
+from tests.support.databases import head_revision
+from tests.support.processes import ServiceProcess, private_pgdata, service_env, start_service
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 KEY = {"JWT_SECRET": "k" * 40}
@@ -148,7 +149,7 @@ def test_postgres_needs_explicit_migrate_then_serves_and_drains(
     empty_pg_database: str, tmp_path: Path, scheme: str
 ) -> None:
     url = with_scheme(empty_pg_database, scheme)
-    pgdata = tmp_path / "postgres"
+    pgdata = tmp_path / "postgres"  # where an embedded server would go; none may start
     env = {"DATABASE_URL": url, **KEY}
     refused = run(["progress_service", "serve"], {**env, "GRPC_ADDR": "127.0.0.1:0"}, pgdata=pgdata)
     assert refused.returncode == 3, refused.stderr
@@ -156,15 +157,17 @@ def test_postgres_needs_explicit_migrate_then_serves_and_drains(
     migrated = run(["progress_service", "migrate"], env, pgdata=pgdata)
     assert migrated.returncode == 0, migrated.stderr
 
+    assert not pgdata.exists()
+
     service = start_service("progress_service", tmp_path, DATABASE_URL=url)
     try:
         assert health(service.target) == SERVING
         assert upsert(service.target, f"via-{scheme}").item_id == f"via-{scheme}"
+        assert service.pgdata is not None and not service.pgdata.exists()
     finally:
         code = service.stop(timeout=60)
     assert code == 0
     assert "draining" in messages(service)
-    assert not pgdata.exists()
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
@@ -234,7 +237,7 @@ def test_serve_without_a_database_url_starts_reuses_and_stops_the_embedded_serve
     from academic_years_service.app import DEFINITION as AY_DEFINITION
     from progress_service.app import DEFINITION
 
-    pgdata = tmp_path / "postgres"
+    pgdata = private_pgdata(tmp_path)  # where start_service puts it for this folder
     assert not pgdata.exists()
     started: list[ServiceProcess] = []
     server: Postmaster | None = None
@@ -260,7 +263,8 @@ def test_serve_without_a_database_url_starts_reuses_and_stops_the_embedded_serve
         assert Postmaster.of(pgdata) == server and server.accepts_connections()
         assert health(started[1].target) == SERVING
         assert started[1].stop() == 0
-        assert Postmaster.of(pgdata) is None  # removed by the server as its shutdown ends
+        # (stop() removes the data directory only once the server has removed its pid file)
+        assert Postmaster.of(pgdata) is None
         assert not server.accepts_connections()
     finally:
         for service in started:

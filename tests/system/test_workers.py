@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.scratch import free_port
 from common import client
 from common.metrics import metrics_port_for
-from tests.support.network import free_port
 from tests.support.processes import start_service
 
 pytestmark = pytest.mark.asyncio
