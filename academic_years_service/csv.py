@@ -60,7 +60,6 @@ CSV_COLUMNS = (
     CsvColumn("current", boolean),
     CsvColumn("importHash", _import_hash),
 )
-EXPORT_HEADER = ("id", "name", "start_date", "end_date")
 
 STAGING: Staging = staging(
     "academic_years",
@@ -168,14 +167,20 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
         params = {"now": utcnow(), "user": self.scope.user_id, "organization": self.owner(None)}
         return await self.db.execute(_insert_statement(), params)
 
-    def export(self, f: AcademicYearFilter, ordering: Ordering) -> keyset.Walk:
-        """Every row List would return, in its order, a keyset page at a time."""
+    def export(
+        self, f: AcademicYearFilter, ordering: Ordering, columns: tuple[str, ...]
+    ) -> keyset.Walk:
+        """Every row List would return, in its order, as `columns`, a keyset page at a time."""
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
         scope = (self.global_access, shape, ordering)
         return keyset.Walk(
             sort_key(ordering),
             params,
-            partial(export_statement, *scope),
+            partial(_export_page, scope, columns),
             partial(export_boundary_statement, *scope),
         )
+
+
+def _export_page(scope: tuple[Any, ...], columns: tuple[str, ...], after: str | None) -> Any:
+    return export_statement(*scope, after, columns)

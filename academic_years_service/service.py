@@ -8,7 +8,6 @@ from dataclasses import replace
 from academic_years_service import parsing
 from academic_years_service.csv import (
     CSV_COLUMNS,
-    EXPORT_HEADER,
     STAGING,
     AcademicYearsCsvRepository,
 )
@@ -31,12 +30,13 @@ from academic_years_service.domain import (
     Suggestion,
 )
 from academic_years_service.repository import AcademicYearsRepository
-from academic_years_service.statements import SORT_COLUMNS
+from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
 from common import pagetoken
 from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
+from common.csvstream.watch import ImportTracker
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.limits import clip
@@ -115,6 +115,29 @@ def parse_filter(request: FilterRequest) -> tuple[AcademicYearFilter, Ordering]:
     if violations:
         raise ValidationError(violations)
     return f, ordering
+
+
+def export_columns(given: Sequence[str]) -> tuple[str, ...]:
+    """The export's columns in the order given (an entry may hold several, comma-separated),
+    or the default; an unknown or repeated column is a ValidationError naming its entry."""
+    violations: list[FieldViolation] = []
+    columns: list[str] = []
+    for i, entry in enumerate(given):
+        for name in (n.strip() for n in entry.split(",")):
+            if not name:
+                continue
+            if name not in EXPORT_CELLS:
+                known = ", ".join(EXPORT_CELLS)
+                violations.append(
+                    FieldViolation(f"columns[{i}]", f"{name[:20]!r} is not one of {known}")
+                )
+            elif name in columns:
+                violations.append(FieldViolation(f"columns[{i}]", f"repeats {name}"))
+            else:
+                columns.append(name)
+    if violations:
+        raise ValidationError(violations)
+    return tuple(columns) or EXPORT_DEFAULT
 
 
 def _id(value: str, field: str) -> str:
@@ -306,35 +329,48 @@ class AcademicYearsService:
         # A label is the name: cut like one, without a mark (it is a label, not the year).
         return [Suggestion(s.id, clip(s.label, MAX_NAME_LENGTH)[0]) for s in found]
 
-    async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
+    async def import_csv(
+        self,
+        principal: Principal,
+        chunks: AsyncIterable[bytes],
+        tracker: ImportTracker | None = None,
+    ) -> ImportSummary:
         """One year per row in the caller's organization, in file order; nothing is written
-        unless every row is valid."""
+        unless every row is valid. `tracker` follows it for a caller watching."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
         reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
-        async def apply(repository: AcademicYearsCsvRepository) -> int:
+        async def check(repository: AcademicYearsCsvRepository) -> None:
             if reader.present("id"):
                 await check_ids(repository)
-            return await repository.apply_import()
 
         created = await import_csv(
-            self._db, scope, AcademicYearsCsvRepository, reader, STAGING, apply
+            self._db,
+            scope,
+            AcademicYearsCsvRepository,
+            reader,
+            STAGING,
+            AcademicYearsCsvRepository.apply_import,
+            check=check,
+            tracker=tracker,
         )
         return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
     async def export_csv(
-        self, principal: Principal, request: FilterRequest
+        self, principal: Principal, request: FilterRequest, columns: Sequence[str] = ()
     ) -> AsyncIterator[bytes]:
-        """Every matching year (List's filters and order, no paging) as CSV chunks."""
+        """Every matching year (List's filters and order, no paging) as CSV chunks of
+        `columns` (default id, name, start_date, end_date)."""
         scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
+        header = export_columns(columns)
         chunks = export_csv(
             self._db,
             scope,
             AcademicYearsCsvRepository,
-            lambda r: r.export(f, ordering),
-            EXPORT_HEADER,
+            lambda r: r.export(f, ordering, header),
+            header,
             label="academic_years export",
         )
         async for chunk in chunks:

@@ -11,10 +11,17 @@ from academic_years.v1 import academic_years_pb2_grpc
 from google.api import httpbody_pb2
 from grpc import aio
 
-from academic_years_service.domain import AcademicYear, AcademicYearInput, FilterRequest, Reference
+from academic_years_service.domain import (
+    AcademicYear,
+    AcademicYearInput,
+    FilterRequest,
+    ImportSummary,
+    Reference,
+)
 from academic_years_service.service import AcademicYearsService
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
+from common.csvstream.watch import Report, watch
 from common.protoconv import optional, timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -73,6 +80,23 @@ def filter_from_proto(request: pb.ListAcademicYearsRequest) -> FilterRequest:
         organization=request.organization,
         field=request.field,
         sort=request.sort,
+    )
+
+
+def summary_to_proto(summary: ImportSummary) -> pb.ImportCsvSummary:
+    return pb.ImportCsvSummary(
+        rows_read=summary.rows_read, created=summary.created, skipped=summary.skipped
+    )
+
+
+def progress_to_proto(report: Report[ImportSummary]) -> pb.ImportProgress:
+    p = report.progress
+    return pb.ImportProgress(
+        phase=pb.ImportProgress.Phase.Value(f"PHASE_{p.phase.upper()}"),
+        bytes_read=p.bytes_read,
+        rows_read=p.rows_read,
+        rows_staged=p.rows_staged,
+        summary=None if report.result is None else summary_to_proto(report.result),
     )
 
 
@@ -149,13 +173,21 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> pb.ImportCsvSummary:
         summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
-        return pb.ImportCsvSummary(
-            rows_read=summary.rows_read, created=summary.created, skipped=summary.skipped
-        )
+        return summary_to_proto(summary)
+
+    async def ImportAcademicYearsCsvWithProgress(
+        self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
+    ) -> AsyncIterator[pb.ImportProgress]:
+        principal, chunks = current_principal(), body_bytes(request_iterator)
+        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker))
+        async for report in reports:
+            yield progress_to_proto(report)
 
     async def ExportAcademicYearsCsv(
         self, request: pb.ListAcademicYearsRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        chunks = self._service.export_csv(current_principal(), filter_from_proto(request))
+        chunks = self._service.export_csv(
+            current_principal(), filter_from_proto(request), tuple(request.columns)
+        )
         async for body in csv_bodies(chunks):
             yield body

@@ -15,8 +15,10 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    Text,
     and_,
     bindparam,
+    cast,
     false,
     func,
     literal_column,
@@ -64,6 +66,18 @@ SORT_COLUMNS = {
     "updatedAt": t.c.updatedAt,
 }
 _NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
+# The cells an export may write, by the import's column names; text escaped (`formula_safe`),
+# `current` as true/false, so an export of every column imports back as it is.
+# Each export column as a cell of a source's row (the table, or a keyset page of its rows).
+EXPORT_CELLS: dict[str, Callable[[Any], ColumnElement[Any]]] = {
+    "id": lambda s: s.c.id,
+    "name": lambda s: formula_safe(s.c.name),
+    "start_date": lambda s: s.c.start_date,
+    "end_date": lambda s: s.c.end_date,
+    "current": lambda s: cast(s.c.current, Text),
+    "importHash": lambda s: formula_safe(s.c.importHash),
+}
+EXPORT_DEFAULT = ("id", "name", "start_date", "end_date")
 
 
 def escape_like(text: str) -> str:
@@ -248,18 +262,22 @@ def references_statement(table: Table, max_rows: int = DEFAULT_MAX_REFERENCES) -
     )
 
 
-def _export_cells(source: Any) -> list[Any]:
-    return [source.c.id, formula_safe(source.c.name), source.c.start_date, source.c.end_date]
-
-
 @lru_cache(maxsize=512)
 def export_statement(
-    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+    global_access: bool,
+    shape: FilterShape,
+    ordering: Ordering,
+    after: str | None,
+    columns: tuple[str, ...] = EXPORT_DEFAULT,
 ) -> Select[Any]:
-    """A batch of the rows List would return, as CSV cells (text escaped): a keyset page of
-    `limit` rows after the position bound in `k_value`/`k_id` (region `after`)."""
-    where = _listed(global_access, shape)
-    return keyset.page(t, where, sort_key(ordering), after, _export_cells)
+    """A batch of the rows List would return, as the CSV cells of `columns` (text escaped): a
+    keyset page of `limit` rows after the position bound in `k_value`/`k_id` (region
+    `after`)."""
+
+    def cells(source: Any) -> list[Any]:
+        return [EXPORT_CELLS[name](source) for name in columns]
+
+    return keyset.page(t, _listed(global_access, shape), sort_key(ordering), after, cells)
 
 
 @lru_cache(maxsize=512)

@@ -20,7 +20,7 @@ SERVICES: dict[str, dict[str, Sequence[str]]] = {
     "progress.v1.UserProgressService": {
         "read": ("ListUserProgress",),
         "export": ("ExportUserProgressCsv",),
-        "import": ("ImportUserProgressCsv",),
+        "import": ("ImportUserProgressCsv", "ImportUserProgressCsvWithProgress"),
     },
     "academic_years.v1.AcademicYearsService": {
         "read": (
@@ -30,7 +30,7 @@ SERVICES: dict[str, dict[str, Sequence[str]]] = {
             "AutocompleteAcademicYears",
         ),
         "export": ("ExportAcademicYearsCsv",),
-        "import": ("ImportAcademicYearsCsv",),
+        "import": ("ImportAcademicYearsCsv", "ImportAcademicYearsCsvWithProgress"),
     },
 }
 HEALTH = "grpc.health.v1.Health"

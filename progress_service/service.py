@@ -10,6 +10,7 @@ from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
+from common.csvstream.watch import ImportTracker
 from common.db import Database
 from common.errors import ValidationError
 from common.pagetoken import PageTokens
@@ -113,16 +114,27 @@ class UserProgressService:
             await uow.commit()
         return deleted
 
-    async def import_csv(self, principal: Principal, chunks: AsyncIterable[bytes]) -> ImportSummary:
+    async def import_csv(
+        self,
+        principal: Principal,
+        chunks: AsyncIterable[bytes],
+        tracker: ImportTracker | None = None,
+    ) -> ImportSummary:
         """Upserts every row for the caller, the last row of a (type, item) winning; nothing is
-        written unless every row is valid."""
+        written unless every row is valid. `tracker` follows it for a caller watching."""
         scope = tenant_scope(principal)
         scope.writable_organization()
         reader = CsvReader(
             chunks, self._csv_columns, limits=self._limits, label="user_progress import"
         )
         created, updated = await import_csv(
-            self._db, scope, ProgressCsvRepository, reader, STAGING, lambda r: r.apply_import()
+            self._db,
+            scope,
+            ProgressCsvRepository,
+            reader,
+            STAGING,
+            ProgressCsvRepository.apply_import,
+            tracker=tracker,
         )
         skipped = reader.rows_read - created - updated
         return ImportSummary(reader.rows_read, created, updated, skipped)

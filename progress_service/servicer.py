@@ -11,8 +11,9 @@ from progress.v1 import progress_pb2, progress_pb2_grpc
 
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
+from common.csvstream.watch import Report, watch
 from common.protoconv import json_from_value, optional, timestamp, value_from_json
-from progress_service.domain import UserProgress, UserProgressInput
+from progress_service.domain import ImportSummary, UserProgress, UserProgressInput
 from progress_service.service import UserProgressService
 
 Context = aio.ServicerContext[Any, Any]
@@ -42,6 +43,26 @@ def input_from_proto(data: progress_pb2.UserProgressInput) -> UserProgressInput:
         value=optional(data, "value"),
         score=optional(data, "score"),
         metadata=json_from_value(data, "metadata", "data.metadata"),
+    )
+
+
+def summary_to_proto(summary: ImportSummary) -> progress_pb2.ImportCsvSummary:
+    return progress_pb2.ImportCsvSummary(
+        rows_read=summary.rows_read,
+        created=summary.created,
+        updated=summary.updated,
+        skipped=summary.skipped,
+    )
+
+
+def progress_to_proto(report: Report[ImportSummary]) -> progress_pb2.ImportProgress:
+    p = report.progress
+    return progress_pb2.ImportProgress(
+        phase=progress_pb2.ImportProgress.Phase.Value(f"PHASE_{p.phase.upper()}"),
+        bytes_read=p.bytes_read,
+        rows_read=p.rows_read,
+        rows_staged=p.rows_staged,
+        summary=None if report.result is None else summary_to_proto(report.result),
     )
 
 
@@ -85,12 +106,15 @@ class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> progress_pb2.ImportCsvSummary:
         summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
-        return progress_pb2.ImportCsvSummary(
-            rows_read=summary.rows_read,
-            created=summary.created,
-            updated=summary.updated,
-            skipped=summary.skipped,
-        )
+        return summary_to_proto(summary)
+
+    async def ImportUserProgressCsvWithProgress(
+        self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
+    ) -> AsyncIterator[progress_pb2.ImportProgress]:
+        principal, chunks = current_principal(), body_bytes(request_iterator)
+        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker))
+        async for report in reports:
+            yield progress_to_proto(report)
 
     async def ExportUserProgressCsv(
         self, request: progress_pb2.ExportUserProgressCsvRequest, context: Context

@@ -91,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
         help="the export request as JSON, e.g. '{\"current\": true}' or "
         '\'{"progress_type": "sign_learned"}\'',
     )
+    exp.add_argument(
+        "--columns",
+        help="academic-years only: the CSV's columns, comma-separated, from "
+        "id,name,start_date,end_date,current,importHash (default id,name,start_date,end_date; "
+        "all six make a file that imports back as it is)",
+    )
     exp.add_argument("-o", "--output", help="file to write (default: standard output)")
     _connection_options(exp)
     return p
@@ -137,12 +143,18 @@ def _open(path: str | Path, mode: str) -> IO[bytes]:
         raise UsageError(f"{path}: {exc.strerror}") from None
 
 
-def export_request(target: Target, text: str) -> Any:
+def export_request(target: Target, text: str, columns: str | None = None) -> Any:
+    """The export's request from --filter JSON, with --columns' names added to it."""
     try:
-        return json_format.Parse(text, target.export_request())
+        request = json_format.Parse(text, target.export_request())
     except json_format.ParseError as exc:
         name = target.export_request.DESCRIPTOR.full_name
         raise UsageError(f"--filter is not a valid {name}: {exc}") from None
+    if columns is not None:
+        if "columns" not in target.export_request.DESCRIPTOR.fields_by_name:
+            raise UsageError(f"--columns is not taken by a {target.name} export")
+        request.columns.extend(c.strip() for c in columns.split(",") if c.strip())
+    return request
 
 
 async def run_import(
@@ -158,7 +170,12 @@ async def run_import(
     try:
         async with _channel(args, target, creds) as ch:
             summary = await upload(
-                target.importer(ch), source, progress, metadata=metadata, deadline=args.timeout
+                target.watcher(ch),
+                target.importer(ch),
+                source,
+                progress,
+                metadata=metadata,
+                deadline=args.timeout,
             )
     finally:
         progress.close()
@@ -173,7 +190,7 @@ async def run_import(
 async def run_export(args: argparse.Namespace, target: Target, out: IO[bytes], err: TextIO) -> int:
     metadata = call_metadata(args)
     creds = credentials(args)
-    request = export_request(target, args.filter)
+    request = export_request(target, args.filter, args.columns)
     final = Path(args.output) if args.output else None
     partial = final.with_name(final.name + ".part") if final else None
     sink = _open(partial, "wb") if partial else out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from tqdm import tqdm
@@ -20,8 +21,24 @@ def human_bytes(count: float) -> str:
 
 class Progress(Protocol):
     def advance(self, chunk: bytes) -> None: ...
+    def server(self, phase: str, rows: int, staged: int) -> None: ...
     def note(self, text: str) -> None: ...
+    def restart(self, text: str) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReport:
+    """How far the server is with an import, as it last said."""
+
+    phase: str
+    rows: int
+    staged: int
+
+    def __str__(self) -> str:
+        if self.phase == "reading":
+            return f"server reading: {self.rows:,} rows parsed, {self.staged:,} staged"
+        return f"server {self.phase}: {self.rows:,} rows"
 
 
 class _Counts:
@@ -33,6 +50,7 @@ class _Counts:
         self.bytes = 0
         self.lines = 0
         self.started = time.monotonic()
+        self.server: ServerReport | None = None
 
     def add(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
@@ -44,6 +62,11 @@ class _Counts:
 
     def rate(self) -> float:
         return self.rows / max(time.monotonic() - self.started, 1e-6)
+
+    def summary(self) -> str:
+        """Rows and rate here, then the server's report when there is one."""
+        text = f"{self.rows:,} rows, {self.rate():,.0f} rows/s"
+        return text if self.server is None else f"{text}; {self.server}"
 
 
 class BarProgress:
@@ -64,13 +87,20 @@ class BarProgress:
 
     def advance(self, chunk: bytes) -> None:
         self._counts.add(chunk)
-        self._bar.set_postfix_str(
-            f"{self._counts.rows:,} rows, {self._counts.rate():,.0f} rows/s", refresh=False
-        )
+        self._bar.set_postfix_str(self._counts.summary(), refresh=False)
         self._bar.update(len(chunk))
+
+    def server(self, phase: str, rows: int, staged: int) -> None:
+        self._counts.server = ServerReport(phase, rows, staged)
+        self._bar.set_postfix_str(self._counts.summary())
 
     def note(self, text: str) -> None:
         self._bar.set_description_str(text)
+
+    def restart(self, text: str) -> None:
+        self._counts = _Counts(self._counts.total)
+        self._bar.reset(total=self._counts.total)
+        self.note(text)
 
     def close(self) -> None:
         self._bar.close()
@@ -95,17 +125,30 @@ class PlainProgress:
         done = human_bytes(c.bytes)
         if c.total:
             done += f" of {human_bytes(c.total)} ({100 * c.bytes / c.total:.0f}%)"
-        return f"{self._label}: {prefix}{done}, {c.rows:,} rows, {c.rate():,.0f} rows/s"
+        return f"{self._label}: {prefix}{done}, {c.summary()}"
 
     def advance(self, chunk: bytes) -> None:
         self._counts.add(chunk)
+        self._tick(force=False)
+
+    def server(self, phase: str, rows: int, staged: int) -> None:
+        """A line at once when the server's phase changes, else at the usual pace."""
+        before = self._counts.server
+        self._counts.server = ServerReport(phase, rows, staged)
+        self._tick(force=before is None or before.phase != phase)
+
+    def _tick(self, *, force: bool) -> None:
         now = time.monotonic()
-        if now >= self._next:
+        if force or now >= self._next:
             self._next = now + self._interval
             self._write(self._line(""))
 
     def note(self, text: str) -> None:
         self._write(f"{self._label}: {text}")
+
+    def restart(self, text: str) -> None:
+        self._counts = _Counts(self._counts.total)
+        self.note(text)
 
     def close(self) -> None:
         elapsed = time.monotonic() - self._counts.started

@@ -19,11 +19,16 @@ class Target:
     default_addr: str
     export_request: type[Any]  # the export's filter message, filled from --filter JSON
     importer: Callable[[aio.Channel], Any]  # channel -> stream-unary import callable
+    watcher: Callable[[aio.Channel], Any]  # channel -> the import reporting its progress
     exporter: Callable[[aio.Channel], Any]  # channel -> unary-stream export callable
 
 
 def _progress_import(channel: aio.Channel) -> Any:
     return progress_pb2_grpc.UserProgressServiceStub(channel).ImportUserProgressCsv
+
+
+def _progress_watch(channel: aio.Channel) -> Any:
+    return progress_pb2_grpc.UserProgressServiceStub(channel).ImportUserProgressCsvWithProgress
 
 
 def _progress_export(channel: aio.Channel) -> Any:
@@ -32,6 +37,12 @@ def _progress_export(channel: aio.Channel) -> Any:
 
 def _years_import(channel: aio.Channel) -> Any:
     return academic_years_pb2_grpc.AcademicYearsServiceStub(channel).ImportAcademicYearsCsv
+
+
+def _years_watch(channel: aio.Channel) -> Any:
+    return academic_years_pb2_grpc.AcademicYearsServiceStub(
+        channel
+    ).ImportAcademicYearsCsvWithProgress
 
 
 def _years_export(channel: aio.Channel) -> Any:
@@ -44,6 +55,7 @@ TARGETS = {
         "127.0.0.1:50051",
         progress_pb2.ExportUserProgressCsvRequest,
         _progress_import,
+        _progress_watch,
         _progress_export,
     ),
     "academic-years": Target(
@@ -51,6 +63,7 @@ TARGETS = {
         "127.0.0.1:50052",
         academic_years_pb2.ListAcademicYearsRequest,
         _years_import,
+        _years_watch,
         _years_export,
     ),
 }

@@ -9,6 +9,7 @@ from common import keyset
 from common.csvstream.export import stream_csv_pages
 from common.csvstream.reader import CsvReader
 from common.csvstream.staging import Staging, stage
+from common.csvstream.watch import CHECKING, DONE, WRITING, ImportTracker
 from common.db import Database
 from common.db.uow import RepositoryFactory
 from common.tenancy import TenantScope
@@ -24,14 +25,25 @@ async def import_csv(
     reader: CsvReader,
     staging: Staging,
     apply: Callable[[R], Awaitable[T]],
+    *,
+    check: Callable[[R], Awaitable[None]] | None = None,
+    tracker: ImportTracker | None = None,
 ) -> T:
-    """Streams every row of `reader` into `staging`, then, only if every row was valid,
-    `apply(repository)` writes them; all in one transaction, committed at the end."""
+    """Streams every row of `reader` into `staging`, then, only if every row was valid and
+    `check(repository)` passes, `apply(repository)` writes them; all in one transaction,
+    committed at the end. `tracker` follows it: reading, checking, writing, done."""
+    tracker = tracker or ImportTracker()
+    tracker.follow(reader)
     async with db.unit_of_work(scope, repository) as uow:
-        await stage(uow.executor, staging, reader.rows())
+        await stage(uow.executor, staging, tracker.staged(reader.rows()))
+        tracker.phase = CHECKING
         reader.raise_if_invalid()
+        if check is not None:
+            await check(uow.repo)
+        tracker.phase = WRITING
         result = await apply(uow.repo)
         await uow.commit()
+    tracker.phase = DONE
     return result
 
 

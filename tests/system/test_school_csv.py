@@ -252,3 +252,46 @@ async def test_the_installed_script_streams_a_sample_through_a_real_server(
     assert proc.returncode == 0, err
     assert out == b"rows_read=3 created=3 updated=0 skipped=0\n"
     assert b"\r" not in err and b"done in" in err
+
+
+@pytest.mark.asyncio
+async def test_export_columns_write_a_file_the_import_takes_back(
+    academic_years: Harness, tmp_path: Path
+) -> None:
+    owner = Caller(permissions=[READ, CREATE])
+    args = connection(academic_years, owner)
+    await school_csv("import", "academic-years", str(EXAMPLES / "academic-years.csv"), *args)
+    every = "id,name,start_date,end_date,current,importHash"
+    target = tmp_path / "all.csv"
+    in_order = '{"field": "createdAt", "sort": "asc"}'
+    run = await school_csv(
+        "export",
+        "academic-years",
+        "--columns",
+        every,
+        "--filter",
+        in_order,
+        "-o",
+        str(target),
+        *args,
+    )
+    assert run.code == cli.OK, run.err
+    rows = parse_csv(target.read_bytes())
+    assert rows[0] == every.split(",") and len(rows) == 4
+    await academic_years.wipe()
+    heir = Caller(permissions=[READ, CREATE])
+    moved = await school_csv(
+        "import", "academic-years", str(target), *connection(academic_years, heir)
+    )
+    assert moved.out == b"rows_read=3 created=3 skipped=0\n", moved.err
+    again = tmp_path / "again.csv"
+    await school_csv(
+        "export", "academic-years", "--columns", every, "--filter", in_order, "-o", str(again),
+        *connection(academic_years, heir),
+    )  # fmt: skip
+    assert again.read_bytes() == target.read_bytes()
+    unknown = await school_csv("export", "academic-years", "--columns", "id,colour", *args)
+    assert unknown.code == cli.REJECTED
+    assert "  columns[1]: 'colour' is not one of id, name, start_date" in unknown.err
+    progress = await school_csv("export", "progress", "--columns", "id", "--token", "t")
+    assert progress.code == cli.USAGE and "--columns" in progress.err
