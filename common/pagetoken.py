@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from functools import lru_cache
 from typing import Any
 
 from common.config import Settings
@@ -67,18 +68,18 @@ def _canonical(value: Any) -> Any:
     return str(value)  # dates, datetimes: isoformat-like and stable
 
 
+@lru_cache(maxsize=4096)
+def _query_digest(query: Any) -> bytes:
+    """The canonical JSON of a query, hashed; cached, as one filter is asked for many times."""
+    return hashlib.sha256(json.dumps(_canonical(query), sort_keys=True).encode()).digest()
+
+
 def binding(listing: str, scope: TenantScope, query: Any) -> bytes:
     """What a token is valid for: the List, the caller and the request's filter and order
-    (`query`, any dataclasses, tuples and plain values; absent fields included, so a filter
-    added or dropped is another query)."""
-    document = {
-        "list": listing,
-        "user": scope.user_id,
-        "organization": scope.organization_id,
-        "global": scope.global_access,
-        "query": _canonical(query),
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).digest()
+    (`query`: hashable dataclasses, tuples and plain values; absent fields included, so a
+    filter added or dropped is another query)."""
+    caller = f"{listing}\0{scope.user_id}\0{scope.organization_id or '*'}\0{scope.global_access}"
+    return hashlib.sha256(caller.encode() + _query_digest(query)).digest()
 
 
 class PageTokens:
@@ -97,8 +98,7 @@ class PageTokens:
         return cls(secrets.token_bytes(32))
 
     def _tag(self, bound: bytes, payload: bytes) -> bytes:
-        mac = hmac.new(self._key, VERSION + bound + payload, hashlib.sha256)
-        return mac.digest()[:TAG_BYTES]
+        return hmac.digest(self._key, VERSION + bound + payload, "sha256")[:TAG_BYTES]
 
     def issue(self, bound: bytes, position: list[Any]) -> str:
         payload = json.dumps(position, separators=(",", ":")).encode()
