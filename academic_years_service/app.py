@@ -12,13 +12,14 @@ from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
 from common.config import Settings
 from common.db import Database
+from common.pagetoken import PageTokens
 from common.server import ServiceDefinition
 
 SERVICE_NAME = academic_years_pb2.DESCRIPTOR.services_by_name["AcademicYearsService"].full_name
 
 
 def register(server: aio.Server, db: Database, settings: Settings) -> None:
-    service = AcademicYearsService(db, settings.limits)
+    service = AcademicYearsService(db, settings.limits, PageTokens.from_settings(settings))
     academic_years_pb2_grpc.add_AcademicYearsServiceServicer_to_server(
         AcademicYearsServicer(service), server
     )

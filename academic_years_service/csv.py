@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -12,6 +12,7 @@ from sqlalchemy import (
     Executable,
     Select,
     Text,
+    and_,
     bindparam,
     cast,
     exists,
@@ -24,8 +25,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from academic_years_service.domain import MAX_NAME_LENGTH, AcademicYearFilter, Ordering
 from academic_years_service.repository import AcademicYearsRepository
-from academic_years_service.statements import export_statement, filter_binds
+from academic_years_service.statements import (
+    export_boundary_statement,
+    export_statement,
+    filter_binds,
+    sort_key,
+)
 from academic_years_service.tables import academic_years as t
+from common import keyset
 from common.csvstream import CellError, CsvColumn, boolean, date, uuid_text
 from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
@@ -89,13 +96,22 @@ def _repeats_first() -> Select[Any]:
 
 @cache
 def _taken_statement() -> Select[Any]:
-    """Lines whose id belongs to an existing year (in any organization, even deleted), among
-    the rows that will be inserted (their importHash is new)."""
+    """Lines whose id the caller's organization holds already (even deleted), among the rows
+    that will be inserted (their importHash is new to the organization). Ids are keyed within
+    the organization: another organization's id is as free as an unused one, so the answer
+    tells nothing about other organizations."""
+    organization = bindparam("organization", type_=UUID_TYPE)
     other = t.alias("other")
-    hash_taken = exists().where(other.c.importHash == _s.importHash)
+    hash_taken = exists().where(
+        other.c.organizationId == organization, other.c.importHash == _s.importHash
+    )
     return (
         select(_s.line)
-        .join_from(STAGING.table, t, t.c.id == cast(_s.id, UUID_TYPE))
+        .join_from(
+            STAGING.table,
+            t,
+            and_(t.c.organizationId == organization, t.c.id == cast(_s.id, UUID_TYPE)),
+        )
         .where(or_(_s.importHash.is_(None), ~hash_taken))
         .order_by(_s.line)
         .limit(bindparam("limit"))
@@ -104,8 +120,8 @@ def _taken_statement() -> Select[Any]:
 
 @cache
 def _insert_statement() -> Executable:
-    """The staged rows in file order, skipping every row whose importHash is taken (the column
-    is UNIQUE, so earlier rows of the file take it too)."""
+    """The staged rows in file order, skipping every row whose importHash the organization
+    holds (the key is unique per organization, so earlier rows of the file take it too)."""
     stamp = row_timestamp(bindparam("now", type_=UtcDateTime), _s.row_index)
     user = bindparam("user", type_=UUID_TYPE)
     source = select(
@@ -128,7 +144,7 @@ def _insert_statement() -> Executable:
     return (
         insert(t)
         .from_select(columns, source)
-        .on_conflict_do_nothing(index_elements=[t.c.importHash])
+        .on_conflict_do_nothing(index_elements=[t.c.organizationId, t.c.importHash])
     )
 
 
@@ -143,7 +159,8 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
         return [(int(a), int(b)) for a, b in rows], total
 
     async def taken_ids(self, limit: int) -> list[int]:
-        return [int(r[0]) for r in await self.db.rows(_taken_statement(), {"limit": limit})]
+        params = {"limit": limit, "organization": self.owner(None)}
+        return [int(r[0]) for r in await self.db.rows(_taken_statement(), params)]
 
     async def apply_import(self) -> int:
         """Inserts the staged rows into the caller's organization; returns rows created."""
@@ -152,7 +169,18 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
 
     def export(
         self, f: AcademicYearFilter, ordering: Ordering, columns: tuple[str, ...]
-    ) -> tuple[Select[Any], dict[str, Any]]:
+    ) -> keyset.Walk:
+        """Every row List would return, in its order, as `columns`, a keyset page at a time."""
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
-        return export_statement(self.global_access, shape, ordering, columns), params
+        scope = (self.global_access, shape, ordering)
+        return keyset.Walk(
+            sort_key(ordering),
+            params,
+            partial(_export_page, scope, columns),
+            partial(export_boundary_statement, *scope),
+        )
+
+
+def _export_page(scope: tuple[Any, ...], columns: tuple[str, ...], after: str | None) -> Any:
+    return export_statement(*scope, after, columns)

@@ -123,7 +123,8 @@ class AcademicYearFilter:
 @dataclass(frozen=True, slots=True)
 class Page:
     rows: list[AcademicYear]
-    count: int
+    count: int  # 0 when the caller skipped counting
+    next_page_token: str = ""  # empty on the last page
 
 
 @dataclass(frozen=True, slots=True)

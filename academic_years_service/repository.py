@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ARRAY, Executable, bindparam, func, insert, update
+from sqlalchemy import ARRAY, Executable, bindparam, delete, func, insert, select, update
 
 from academic_years_service.domain import (
     AcademicYear,
@@ -20,21 +20,26 @@ from academic_years_service.domain import (
 )
 from academic_years_service.statements import (
     COLUMNS,
+    SORT_VALUE,
     autocomplete_statement,
     count_statement,
     escape_like,
     filter_binds,
     get_statement,
+    keyset_statement,
     page_statement,
     references_statement,
+    sort_key,
 )
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import classes, timetables
+from common import keyset
 from common.db import UUID_TYPE, Record, utcnow
-from common.errors import AlreadyExistsError
+from common.errors import AlreadyExistsError, FailedPreconditionError
 from common.pagination import PageRequest
 from common.repository import TenantRepository
 
+IMPORT_HASH_KEY = "academic_years_org_import_hash_key"
 # Fields an update writes when present (organization has its own rule).
 _WRITABLE = ("name", "start_date", "end_date", "current")
 
@@ -42,6 +47,32 @@ _WRITABLE = ("name", "start_date", "end_date", "current")
 def to_domain(record: Record) -> AcademicYear:
     """The one row mapper: a record starting with `COLUMNS` (ids arrive as text)."""
     return AcademicYear(*record[: len(COLUMNS)])
+
+
+def taken() -> AlreadyExistsError:
+    return AlreadyExistsError(
+        "an academic year with this id exists already", metadata={"field": "data.id"}
+    )
+
+
+def ambiguous(ids: Sequence[str]) -> FailedPreconditionError:
+    """Ids are keyed within an organization, so two organizations may each hold one; a
+    global-access caller naming such an id by itself does not say which year it means."""
+    listed = sorted(set(ids))
+    return FailedPreconditionError(
+        f"id {listed[0]} names academic years of more than one organization; act on it with "
+        "a token of the organization it belongs to",
+        reason="AMBIGUOUS_ID",
+        metadata={"ids": ",".join(listed[:20])},
+    )
+
+
+def only_one(records: list[Record]) -> Record | None:
+    """The one year a by-id statement reached; for a global-access caller an id that two
+    organizations hold reaches two, and the call fails (rolling back what it wrote)."""
+    if len(records) > 1:
+        raise ambiguous([records[0][0]])
+    return records[0] if records else None
 
 
 @cache
@@ -68,7 +99,32 @@ def _soft_delete_statement(global_access: bool, many: bool) -> Executable:
         .values(deletedAt=bindparam("now"), updatedAt=bindparam("now"))
         .values(updatedById=bindparam("user", type_=UUID_TYPE))
     )
-    return statement if many else statement.returning(*COLUMNS)
+    return statement.returning(t.c.id) if many else statement.returning(*COLUMNS)
+
+
+@cache
+def _move_statement() -> Executable:
+    """Moves a year (`year_id` of `from_org`) to `to_org` by deleting and inserting it: Citus
+    cannot update a row's distribution column, since the row changes shard."""
+    moved = (
+        delete(t)
+        .where(
+            t.c.organizationId == bindparam("from_org", type_=UUID_TYPE),
+            t.c.id == bindparam("year_id", type_=UUID_TYPE),
+        )
+        .returning(*t.c)
+        .cte("moved")
+    )
+    values = [
+        bindparam("to_org", type_=UUID_TYPE) if c.name == "organizationId" else moved.c[c.name]
+        for c in t.c
+    ]
+    return (
+        insert(t)
+        .add_cte(moved)
+        .from_select([c.name for c in t.c], select(*values))
+        .returning(*COLUMNS)
+    )
 
 
 class AcademicYearsRepository(TenantRepository):
@@ -97,13 +153,12 @@ class AcademicYearsRepository(TenantRepository):
             "createdAt": now,
             "updatedAt": now,
         }
+        # The key is (organization, id): only the organization's own years can clash, so an id
+        # another organization holds is as free, for this caller, as one nobody holds.
         try:
             record = await self.db.row(_insert_statement(), params)
         except asyncpg.UniqueViolationError:
-            raise AlreadyExistsError(
-                "an academic year with this id exists already",
-                metadata={"field": "data.id"},
-            ) from None
+            raise taken() from None
         assert record is not None
         return to_domain(record)
 
@@ -112,17 +167,34 @@ class AcademicYearsRepository(TenantRepository):
         changes: dict[str, Any] = {
             name: getattr(values, name) for name in _WRITABLE if name in values.fields
         }
-        if self.scope.principal.global_access and values.organization_id is not None:
-            changes["organizationId"] = values.organization_id
         changes.update(updatedAt=utcnow(), updatedById=self.scope.user_id)
         statement = _update_statement(self.global_access, tuple(sorted(changes)))
-        record = await self.db.row(statement, self.binds(year_id=year_id, **changes))
-        return None if record is None else to_domain(record)
+        records = await self.db.rows(statement, self.binds(year_id=year_id, **changes))
+        record = only_one(records)
+        if record is None:
+            return None
+        year = to_domain(record)
+        target = values.organization_id if self.scope.principal.global_access else None
+        if target is None or target == year.organization_id:
+            return year
+        move = {"from_org": year.organization_id, "to_org": target, "year_id": year_id}
+        try:
+            moved = await self.db.row(_move_statement(), move)
+        except asyncpg.UniqueViolationError as exc:
+            # The target organization holds this id, or this import hash, already.
+            if exc.constraint_name == IMPORT_HASH_KEY:
+                raise AlreadyExistsError(
+                    "the organization holds a year with this year's importHash already",
+                    metadata={"field": "data.organizationId"},
+                ) from None
+            raise taken() from None
+        assert moved is not None
+        return to_domain(moved)
 
     async def soft_delete(self, year_id: str) -> AcademicYear | None:
         statement = _soft_delete_statement(self.global_access, many=False)
         params = self.binds(year_id=year_id, now=utcnow(), user=self.scope.user_id)
-        record = await self.db.row(statement, params)
+        record = only_one(await self.db.rows(statement, params))
         return None if record is None else to_domain(record)
 
     async def soft_delete_many(self, year_ids: Sequence[str]) -> int:
@@ -130,19 +202,23 @@ class AcademicYearsRepository(TenantRepository):
             return 0
         statement = _soft_delete_statement(self.global_access, many=True)
         params = self.binds(year_ids=list(year_ids), now=utcnow(), user=self.scope.user_id)
-        return await self.db.execute(statement, params)
+        deleted = [r[0] for r in await self.db.rows(statement, params)]
+        if len(set(deleted)) < len(deleted):
+            raise ambiguous([i for i in deleted if deleted.count(i) > 1])
+        return len(deleted)
 
     async def get(self, year_id: str, max_references: int) -> AcademicYear | None:
         """The year with its organization (one joined query) and each association (one each):
         its first `max_references` by name, and one more when there are more."""
-        record = await self.db.row(get_statement(self.global_access), self.binds(year_id=year_id))
+        records = await self.db.rows(get_statement(self.global_access), self.binds(year_id=year_id))
+        record = only_one(records)
         if record is None:
             return None
         year = to_domain(record)
         org_id, org_name = record[len(COLUMNS) :]
         references = []
         for table in (classes, timetables):
-            statement = references_statement(table, year.organization_id is None, max_references)
+            statement = references_statement(table, max_references)
             params = {"year_id": year.id, "org": year.organization_id}
             references.append([Reference(*r) for r in await self.db.rows(statement, params)])
         return replace(
@@ -153,14 +229,38 @@ class AcademicYearsRepository(TenantRepository):
         )
 
     async def page(
-        self, f: AcademicYearFilter, ordering: Ordering, page: PageRequest
-    ) -> tuple[list[AcademicYear], int]:
+        self,
+        f: AcademicYearFilter,
+        ordering: Ordering,
+        paging: PageRequest,
+        position: list[Any] | None,
+        *,
+        counted: bool = True,
+    ) -> tuple[list[AcademicYear], int | None, list[Any] | None]:
+        """One page, by `page` number (OFFSET) or after `position` (keyset; the first page when
+        neither is given); the count before paging unless not `counted`; and where the next
+        page starts, unless this is the last one (a row more than the page is read to tell)."""
         shape, params = filter_binds(f)
         params.update(self.scope_binds)
-        count = int(await self.db.scalar(count_statement(self.global_access, shape), params))
-        statement = page_statement(self.global_access, shape, ordering)
-        paged = {**params, "limit": page.limit, "offset": page.offset}
-        return [to_domain(r) for r in await self.db.rows(statement, paged)], count
+        count = None
+        if counted:
+            count = int(await self.db.scalar(count_statement(self.global_access, shape), params))
+        key = sort_key(ordering)
+        if paging.offset:
+            statement = page_statement(self.global_access, shape, ordering)
+            params["offset"] = paging.offset
+        else:
+            after = None
+            if position is not None:
+                after, binds = keyset.resume(t, key, position)
+                params.update(binds)
+            statement = keyset_statement(self.global_access, shape, ordering, after)
+        params["limit"] = paging.limit + 1
+        records = await self.db.rows(statement, params)
+        more = len(records) > paging.limit
+        records = records[: paging.limit]
+        last = keyset.position(records[-1], key, SORT_VALUE) if more else None
+        return [to_domain(r) for r in records], count, last
 
     async def count(self, f: AcademicYearFilter) -> int:
         shape, params = filter_binds(f)

@@ -31,6 +31,7 @@ from academic_years_service.domain import (
 )
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
+from common import pagetoken
 from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
@@ -39,12 +40,14 @@ from common.csvstream.watch import ImportTracker
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.limits import clip
+from common.pagetoken import PageTokens
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
 from common.tenancy import TenantScope, require_permission, tenant_scope
 from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
 REPORTED_LINES = 20
+LISTING = "academic_years.v1.AcademicYearsService/ListAcademicYears"
 
 
 def not_found() -> NotFoundError:
@@ -204,10 +207,14 @@ def as_read(year: AcademicYear, max_references: int) -> AcademicYear:
 
 
 class AcademicYearsService:
-    def __init__(self, db: Database, limits: Limits | None = None) -> None:
+    def __init__(
+        self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
+    ) -> None:
         self._db = db
         self._limits = limits or Limits()
         self._max_references = self._limits.academic_year_max_references
+        # The app passes the key from the settings; left out (tests, tools), this instance's own.
+        self._tokens = tokens or PageTokens.ephemeral()
 
     def _read(self, year: AcademicYear) -> AcademicYear:
         return as_read(year, self._max_references)
@@ -273,14 +280,27 @@ class AcademicYearsService:
         return self._read(year)
 
     async def list_page(
-        self, principal: Principal, request: FilterRequest, limit: int, page: int
+        self,
+        principal: Principal,
+        request: FilterRequest,
+        limit: int,
+        page: int,
+        page_token: str = "",
+        skip_count: bool = False,
     ) -> Page:
+        """A page by number (`page`), or the page after `page_token`, which is only good for
+        this caller, filter and order; the token of the next page unless this is the last."""
         scope = authorize(principal, READ)
         f, ordering = parse_filter(request)
-        paging = resolve_pagination(limit, page)
+        paging = resolve_pagination(limit, page, page_token)
+        bound = pagetoken.binding(LISTING, scope, (f, ordering))
+        position = self._tokens.read(paging.token, bound) if paging.token else None
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            rows, count = await uow.repo.page(f, ordering, paging)
-        return Page([self._read(row) for row in rows], count)
+            rows, count, last = await uow.repo.page(
+                f, ordering, paging, position, counted=not skip_count
+            )
+        next_token = "" if last is None else self._tokens.issue(bound, last)
+        return Page([self._read(row) for row in rows], count or 0, next_token)
 
     async def count(self, principal: Principal, request: FilterRequest) -> int:
         scope = authorize(principal, READ)

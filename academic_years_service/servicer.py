@@ -140,9 +140,18 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
         self, request: pb.ListAcademicYearsRequest, context: Context
     ) -> pb.ListAcademicYearsResponse:
         page = await self._service.list_page(
-            current_principal(), filter_from_proto(request), request.limit, request.page
+            current_principal(),
+            filter_from_proto(request),
+            request.limit,
+            request.page,
+            request.page_token,
+            request.skip_count,
         )
-        return pb.ListAcademicYearsResponse(rows=[to_proto(r) for r in page.rows], count=page.count)
+        return pb.ListAcademicYearsResponse(
+            rows=[to_proto(r) for r in page.rows],
+            count=page.count,
+            next_page_token=page.next_page_token,
+        )
 
     async def CountAcademicYears(
         self, request: pb.ListAcademicYearsRequest, context: Context

@@ -7,6 +7,7 @@ them per call cost more CPU than running them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, TypeAlias
 
@@ -29,6 +30,7 @@ from academic_years_service.domain import MAX_NAME_LENGTH, AcademicYearFilter, B
 from academic_years_service.limits import DEFAULT_MAX_REFERENCES
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import organizations
+from common import keyset
 from common.csvstream import formula_safe
 from common.db import UUID_TYPE
 from common.repository import readable
@@ -66,13 +68,14 @@ SORT_COLUMNS = {
 _NULLABLE_SORT = frozenset({"name", "start_date", "end_date"})
 # The cells an export may write, by the import's column names; text escaped (`formula_safe`),
 # `current` as true/false, so an export of every column imports back as it is.
-EXPORT_CELLS: dict[str, ColumnElement[Any]] = {
-    "id": t.c.id,
-    "name": formula_safe(t.c.name),
-    "start_date": t.c.start_date,
-    "end_date": t.c.end_date,
-    "current": cast(t.c.current, Text),
-    "importHash": formula_safe(t.c.importHash),
+# Each export column as a cell of a source's row (the table, or a keyset page of its rows).
+EXPORT_CELLS: dict[str, Callable[[Any], ColumnElement[Any]]] = {
+    "id": lambda s: s.c.id,
+    "name": lambda s: formula_safe(s.c.name),
+    "start_date": lambda s: s.c.start_date,
+    "end_date": lambda s: s.c.end_date,
+    "current": lambda s: cast(s.c.current, Text),
+    "importHash": lambda s: formula_safe(s.c.importHash),
 }
 EXPORT_DEFAULT = ("id", "name", "start_date", "end_date")
 
@@ -167,15 +170,14 @@ def filter_clauses(shape: FilterShape) -> list[ColumnElement[bool]]:
     return clauses
 
 
+def sort_key(ordering: Ordering) -> keyset.SortKey:
+    """The order as a keyset key: the field, NULLs last where it has them, then `id`."""
+    return keyset.SortKey(ordering.field, ordering.descending, ordering.field in _NULLABLE_SORT)
+
+
 def order_by(ordering: Ordering) -> list[Any]:
     """The requested order plus `id` in the same direction, so pages never overlap."""
-    column = SORT_COLUMNS[ordering.field]
-    key = column.desc() if ordering.descending else column.asc()
-    if ordering.field in _NULLABLE_SORT:
-        key = key.nulls_last()  # NULL after every value, whichever the direction
-    if ordering.field == "id":
-        return [key]
-    return [key, t.c.id.desc() if ordering.descending else t.c.id.asc()]
+    return keyset.order_by(t, sort_key(ordering))
 
 
 def _listed(global_access: bool, shape: FilterShape) -> list[ColumnElement[bool]]:
@@ -188,11 +190,30 @@ def count_statement(global_access: bool, shape: FilterShape) -> Select[Any]:
     return select(func.count()).select_from(t).where(*_listed(global_access, shape))
 
 
+# A name is read cut to its cap, so an order by name also reads it whole under this label: the
+# next page starts after the whole value (see `listed`).
+SORT_VALUE = "sort_value"
+
+
+def listed(ordering: Ordering) -> Callable[[Any], list[Any]]:
+    """`COLUMNS` over a source (the table, or a keyset page's union of its rows), and, when the
+    sort field is read cut (the name), the whole value as `SORT_VALUE`."""
+
+    def cells(source: Any) -> list[Any]:
+        row = [source.c.id, capped_name(source.c.name), *[source.c[c.name] for c in COLUMNS[2:]]]
+        if ordering.field == "name":
+            row.append(source.c.name.label(SORT_VALUE))
+        return row
+
+    return cells
+
+
 @lru_cache(maxsize=512)
 def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) -> Select[Any]:
-    """One page in `ordering`; binds `limit` and `offset` besides the filter's values."""
+    """One page by `page` number (OFFSET, for old callers); binds `limit` and `offset` besides
+    the filter's values."""
     return (
-        select(*COLUMNS)
+        select(*listed(ordering)(t))
         .where(*_listed(global_access, shape))
         .order_by(*order_by(ordering))
         .limit(bindparam("limit"))
@@ -200,9 +221,21 @@ def page_statement(global_access: bool, shape: FilterShape, ordering: Ordering) 
     )
 
 
+@lru_cache(maxsize=1024)
+def keyset_statement(
+    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+) -> Select[Any]:
+    """The first page (`after` None) or the page after a position in region `after`; binds
+    `limit` and the position's `k_value`/`k_id` besides the filter's values."""
+    where = _listed(global_access, shape)
+    return keyset.page(t, where, sort_key(ordering), after, listed(ordering))
+
+
 @cache
 def get_statement(global_access: bool) -> Select[Any]:
-    """A year with its organization's id and name, in one joined query."""
+    """A year with its organization's id and name, in one joined query. Two rows at most: a
+    global-access caller's id may name a year in each of several organizations, which the
+    repository refuses as ambiguous."""
     o = organizations
     scope = readable(t, global_access)
     return (
@@ -210,17 +243,15 @@ def get_statement(global_access: bool) -> Select[Any]:
         .select_from(t)
         .outerjoin(o, o.c.id == t.c.organizationId)
         .where(scope, t.c.id == bindparam("year_id"))
+        .limit(literal_column("2"))
     )
 
 
 @cache
-def references_statement(
-    table: Table, without_org: bool, max_rows: int = DEFAULT_MAX_REFERENCES
-) -> Select[Any]:
+def references_statement(table: Table, max_rows: int = DEFAULT_MAX_REFERENCES) -> Select[Any]:
     """Live rows of `table` for a year, in the year's organization, by name: the first
     `max_rows` and one more, which shows there are more (the read keeps `max_rows`)."""
-    org = table.c.organizationId
-    same_org = org.is_(None) if without_org else org == bindparam("org")
+    same_org = table.c.organizationId == bindparam("org")
     return (
         select(table.c.id, capped_name(table.c.name))
         .where(
@@ -236,11 +267,30 @@ def export_statement(
     global_access: bool,
     shape: FilterShape,
     ordering: Ordering,
+    after: str | None,
     columns: tuple[str, ...] = EXPORT_DEFAULT,
 ) -> Select[Any]:
-    """Every row List would return for the filter, as CSV cells (text escaped), no paging."""
-    cells = [EXPORT_CELLS[name] for name in columns]
-    return select(*cells).where(*_listed(global_access, shape)).order_by(*order_by(ordering))
+    """A batch of the rows List would return, as the CSV cells of `columns` (text escaped): a
+    keyset page of `limit` rows after the position bound in `k_value`/`k_id` (region
+    `after`)."""
+
+    def cells(source: Any) -> list[Any]:
+        return [EXPORT_CELLS[name](source) for name in columns]
+
+    return keyset.page(t, _listed(global_access, shape), sort_key(ordering), after, cells)
+
+
+@lru_cache(maxsize=512)
+def export_boundary_statement(
+    global_access: bool, shape: FilterShape, ordering: Ordering, after: str | None
+) -> Select[Any]:
+    """The sort key of the last row of that batch (the row at `skip`), if the batch is full."""
+    key = sort_key(ordering)
+
+    def cells(source: Any) -> list[Any]:
+        return [source.c[key.column], source.c[key.id]]
+
+    return keyset.page(t, _listed(global_access, shape), key, after, cells, nth=True)
 
 
 @cache

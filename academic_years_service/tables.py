@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Date, Index, MetaData, String, Table, Text, false, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    false,
+    text,
+)
 
 from common.db import UUID_TYPE, UtcDateTime
 
@@ -10,21 +22,24 @@ metadata = MetaData()
 
 LIVE = text('"deletedAt" IS NULL')
 
+# Keyed within the organization (migration 0003): an id or import hash taken in one organization
+# is free in every other, and every unique key contains the distribution column Citus needs.
 academic_years = Table(
     "academic_years",
     metadata,
-    Column("id", UUID_TYPE, primary_key=True),
+    Column("id", UUID_TYPE, nullable=False),
     Column("name", Text),
     Column("start_date", Date),
     Column("end_date", Date),
     Column("current", Boolean, nullable=False, server_default=false()),
-    Column("importHash", String(255), unique=True),
-    Column("organizationId", UUID_TYPE),
+    Column("importHash", String(255)),
+    Column("organizationId", UUID_TYPE, nullable=False),
     Column("createdById", UUID_TYPE),
     Column("updatedById", UUID_TYPE),
     Column("createdAt", UtcDateTime, nullable=False),
     Column("updatedAt", UtcDateTime, nullable=False),
     Column("deletedAt", UtcDateTime),
+    PrimaryKeyConstraint("organizationId", "id", name="academic_years_pkey"),
 )
 
 # Owned by other slices of the backend; this service only reads them.
@@ -54,19 +69,37 @@ def _yearly(name: str) -> Table:
 classes = _yearly("classes")
 timetables = _yearly("timetables")
 
-# The default order (newest first) within one organization, read straight off the index.
+y = academic_years
+# An import skips a row whose hash its organization holds already, deleted rows included.
+Index("academic_years_org_import_hash_key", y.c.organizationId, y.c.importHash, unique=True)
+# The default order (newest first) within one organization, read straight off the index; also
+# the createdAt range filter.
 Index(
     "academic_years_org_created",
-    academic_years.c.organizationId,
-    academic_years.c.createdAt.desc(),
-    academic_years.c.id.desc(),
+    y.c.organizationId,
+    y.c.createdAt.desc(),
+    y.c.id.desc(),
     postgresql_where=LIVE,
 )
-# Autocomplete and name ordering within one organization.
+# One per sort field within an organization, id breaking ties: each serves its order both ways
+# (and so keyset pages), and the date ones the date-range and calendar filters. Sorting by id
+# reads the primary key.
+for _name, _column in (
+    ("academic_years_org_name_id", y.c.name),  # autocomplete too
+    ("academic_years_org_start", y.c.start_date),
+    ("academic_years_org_end", y.c.end_date),
+    ("academic_years_org_updated", y.c.updatedAt),
+    ("academic_years_org_current", y.c.current),
+):
+    Index(_name, y.c.organizationId, _column, y.c.id, postgresql_where=LIVE)
+# A global-access caller's default order, over every organization.
+Index("academic_years_created", y.c.createdAt.desc(), y.c.id.desc(), postgresql_where=LIVE)
+# The case-insensitive substring filter and autocomplete (pg_trgm).
 Index(
-    "academic_years_org_name",
-    academic_years.c.organizationId,
-    academic_years.c.name,
+    "academic_years_name_trgm",
+    y.c.name,
+    postgresql_using="gin",
+    postgresql_ops={"name": "gin_trgm_ops"},
     postgresql_where=LIVE,
 )
 # Get's association queries.

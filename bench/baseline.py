@@ -60,9 +60,10 @@ _LISTED = (
     ' user_progress."organizationId", user_progress."campusId", user_progress."userId",'
     ' user_progress."createdAt", user_progress."updatedAt"'
 )
+# The first page (no page_token): keyset paging reads a row more to know whether there is a next.
 LIST_SQL = (
     f"SELECT {_LISTED} FROM user_progress {_READ}"
-    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4 OFFSET $5'
+    ' ORDER BY user_progress."createdAt" DESC, user_progress.id DESC LIMIT $4'
 )
 DELETE_SQL = (
     'UPDATE user_progress SET "updatedById"=$1::UUID, "updatedAt"=$2::TIMESTAMP WITH TIME ZONE,'
@@ -145,9 +146,8 @@ class ProgressBaseline(progress_pb2_grpc.UserProgressServiceServicer):
         async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, org, user, request.progress_type)
-            rows = await conn.fetch(
-                LIST_SQL, org, user, request.progress_type, limit, request.page * limit
-            )
+            rows = await conn.fetch(LIST_SQL, org, user, request.progress_type, limit + 1)
+            rows = rows[:limit]
             await conn.execute("ROLLBACK")
         return progress_pb2.ListUserProgressResponse(
             rows=[progress_proto(r) for r in rows], count=count

@@ -28,16 +28,17 @@ _NAME_SCOPE = (
     " AND academic_years.name ILIKE $2::VARCHAR ESCAPE '\\'"
 )
 COUNT_SQL = f"SELECT count(*) AS count_1 FROM academic_years {_NAME_SCOPE}"
+# The first page (no page_token): keyset paging reads a row more to know whether there is a next.
 PAGE_SQL = (
     f"SELECT {_COLUMNS} FROM academic_years {_NAME_SCOPE}"
-    ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC LIMIT $3 OFFSET $4'
+    ' ORDER BY academic_years."createdAt" DESC, academic_years.id DESC LIMIT $3'
 )
 GET_SQL = (
     f"SELECT {_COLUMNS}, organizations.id AS id_1, left(organizations.name, 501) AS name_1"
     " FROM academic_years LEFT OUTER JOIN organizations"
     ' ON organizations.id = academic_years."organizationId"'
     ' WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
-    " AND academic_years.id = $2::UUID"
+    " AND academic_years.id = $2::UUID LIMIT 2"
 )
 REFERENCES_SQL = (
     "SELECT {t}.id, left({t}.name, 501) AS name FROM {t}"
@@ -51,8 +52,8 @@ TIMETABLES_SQL = REFERENCES_SQL.format(t="timetables")
 # BEGIN and the row-level security settings, in one message, as the services' unit of work
 # sends them (common/db/uow.py): the same SQL, so the baseline pays for the same round trip.
 BEGIN_SQL = (
-    "BEGIN; SELECT set_config('app.organization_id', '{org}', true),"
-    " set_config('app.user_id', '{user}', true), set_config('app.global_access', 'off', true)"
+    "BEGIN; SET LOCAL app.organization_id = '{org}'; SET LOCAL app.user_id = '{user}';"
+    " SET LOCAL app.global_access = 'off'"
 )
 
 
@@ -103,7 +104,7 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
         async with self._pool.acquire() as conn:
             await begin_as(conn, org, user)
             count = await conn.fetchval(COUNT_SQL, org, pattern)
-            rows = await conn.fetch(PAGE_SQL, org, pattern, limit, request.page * limit)
+            rows = (await conn.fetch(PAGE_SQL, org, pattern, limit + 1))[:limit]
             await conn.execute("ROLLBACK")
         return pb.ListAcademicYearsResponse(rows=[year_proto(r) for r in rows], count=count)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from academic_years.v1 import academic_years_pb2 as pb_ay
 from progress.v1 import progress_pb2
@@ -26,13 +27,19 @@ class Identities:
     org_of: Callable[[int], str] = data.user_org_id
     permissions: list[str] = field(default_factory=list)
     metadata: dict[int, Metadata] = field(default_factory=dict)
+    global_access: bool = False  # tokens of global-access callers (no organization)
 
     def of(self, user: int) -> Metadata:
         found = self.metadata.get(user)
         if found is None:
             uid, org = data.user_id(user), self.org_of(user)
             token = mint(
-                SECRET, sub=uid, org=org, permissions=self.permissions, ttl_seconds=6 * 3600
+                SECRET,
+                sub=uid,
+                org=None if self.global_access else org,
+                global_access=self.global_access,
+                permissions=self.permissions,
+                ttl_seconds=6 * 3600,
             )
             found = (
                 ("authorization", f"Bearer {token}"),
@@ -49,6 +56,22 @@ CallBuilder = Callable[[int, int], list[Call]]
 def list_calls(ids: Identities, users: int) -> CallBuilder:
     payload = progress_pb2.ListUserProgressRequest(
         progress_type="sign_learned", limit=10
+    ).SerializeToString()
+
+    def build(_run: int, count: int) -> list[Call]:
+        rng = random.Random(7)
+        return [
+            Call(PROGRESS + "ListUserProgress", payload, ids.of(rng.randrange(users)))
+            for _ in range(count)
+        ]
+
+    return build
+
+
+def list_skip_calls(ids: Identities, users: int) -> CallBuilder:
+    """`list_calls` with skip_count: the page alone."""
+    payload = progress_pb2.ListUserProgressRequest(
+        progress_type="sign_learned", limit=10, skip_count=True
     ).SerializeToString()
 
     def build(_run: int, count: int) -> list[Call]:
@@ -127,3 +150,28 @@ def ay_get_calls(ids: Identities, with_refs: int) -> CallBuilder:
         return calls
 
     return build
+
+
+def repeat_calls(method: str, request: Any, metadata: Metadata) -> CallBuilder:
+    """One caller sending the same request (a page of a deep list, a global count)."""
+    payload = request.SerializeToString()
+
+    def build(_run: int, count: int) -> list[Call]:
+        return [Call(method, payload, metadata)] * count
+
+    return build
+
+
+def deep_page(ids: Identities, limit: int, **paging: Any) -> CallBuilder:
+    """A page of the deep caller's list, the count skipped (it is the same for every page)."""
+    request = progress_pb2.ListUserProgressRequest(
+        progress_type="sign_learned", limit=limit, skip_count=True, **paging
+    )
+    return repeat_calls(PROGRESS + "ListUserProgress", request, ids.of(data.DEEP_USER))
+
+
+def global_years(ids: Identities, method: str, **fields: Any) -> CallBuilder:
+    """A global-access caller's List or Count over every organization's years."""
+    return repeat_calls(
+        ACADEMIC_YEARS + method, pb_ay.ListAcademicYearsRequest(**fields), ids.of(0)
+    )

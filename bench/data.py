@@ -64,9 +64,9 @@ def ay_year_id(org: int, number: int) -> str:
 _SEED_ORGS = """
 INSERT INTO organizations (id, name, "createdAt", "updatedAt")
 SELECT md5('bench-ayorg-' || o)::uuid, 'Organization ' || o, now(), now()
-FROM generate_series(0, $1::int - 1) AS o
+FROM generate_series($1::int, $2::int - 1) AS o
 """
-# $2 years in each of $1 organizations, named "Academic year <n>", one minute apart.
+# $3 years in each of organizations [$1, $2), named "Academic year <n>", one minute apart.
 _SEED_YEARS = """
 INSERT INTO academic_years (id, name, start_date, end_date, current, "organizationId",
     "createdById", "updatedById", "createdAt", "updatedAt")
@@ -74,7 +74,7 @@ SELECT md5('bench-year-' || o || '-' || i)::uuid, 'Academic year ' || i,
     date '2000-09-01' + (i % 40) * 365, date '2001-06-30' + (i % 40) * 365, i = 0,
     md5('bench-ayorg-' || o)::uuid, NULL, NULL,
     now() - (i * interval '1 minute'), now() - (i * interval '1 minute')
-FROM generate_series(0, $1::int - 1) AS o, generate_series(0, $2::int - 1) AS i
+FROM generate_series($1::int, $2::int - 1) AS o, generate_series(0, $3::int - 1) AS i
 """
 # The first $1 years of organization 0 get $2 rows of the reference table each.
 _SEED_REFERENCES = """
@@ -92,8 +92,8 @@ async def seed_academic_years(
     have `classes` classes and `timetables` timetables."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(_SEED_ORGS, organizations)
-        await conn.execute(_SEED_YEARS, organizations, years)
+        await conn.execute(_SEED_ORGS, 0, organizations)
+        await conn.execute(_SEED_YEARS, 0, organizations, years)
         for table, label, per_year in (
             ("classes", "Class", classes),
             ("timetables", "Slot", timetables),
@@ -104,3 +104,19 @@ async def seed_academic_years(
         await conn.execute("VACUUM ANALYZE academic_years, classes, timetables, organizations")
     finally:
         await conn.close()
+
+
+async def seed_more_years(dsn: str, first_org: int, end_org: int, years: int) -> None:
+    """`years` academic years in each of organizations [first_org, end_org) (no associations),
+    then fresh planner statistics: grows the table a global-access caller lists."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_SEED_ORGS, first_org, end_org)
+        await conn.execute(_SEED_YEARS, first_org, end_org, years)
+        await conn.execute("VACUUM ANALYZE academic_years, organizations")
+    finally:
+        await conn.close()
+
+
+# The one caller with a deep list (the keyset paging cases), far from the other users' numbers.
+DEEP_USER = 1_000_000

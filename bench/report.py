@@ -70,8 +70,23 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add("PostgreSQL connections per service process", most, POOL_SIZE, False)
     for row in summary:
         if row["case"].startswith("ay.") and row["target"] == "service":
+            if row["rps_vs_baseline"] is None:  # a case the baseline does not run
+                continue
             add(f"{row['case']} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
             add(f"{row['case']} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
+    named, before = (
+        by.get(("ay.list-name-filter", "service")),
+        by.get(("ay.list-name-filter", "before")),
+    )
+    if named and before and before["rps"]:
+        add("ay.list-name-filter rps / before rps", round(named["rps"] / before["rps"], 3), 5, True)
+    first, last = (
+        by.get(("page.first@deep", "service")),
+        by.get(("page.last-token@deep", "service")),
+    )
+    if first and last and first["p50_ms"]:
+        ratio = round(last["p50_ms"] / first["p50_ms"], 3)
+        add("last page by page_token p50 / first page p50", ratio, 1.5, False)
     return checks
 
 
@@ -88,5 +103,5 @@ def print_table(summary: list[dict[str, Any]], checks: list[dict[str, Any]]) -> 
         )
     print()
     for c in checks:
-        limit = (">= " if "rps" in c["target"] else "<= ") + str(c["limit"])
+        limit = (">= " if " rps" in c["target"] else "<= ") + str(c["limit"])
         print(f"{'met    ' if c['met'] else 'NOT met'}  {c['target']}: {c['value']} ({limit})")

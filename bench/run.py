@@ -8,12 +8,16 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from grpc import aio
+from progress.v1 import progress_pb2, progress_pb2_grpc
 from sqlalchemy import make_url
 
 from bench import data
@@ -24,7 +28,10 @@ from bench.cases import (
     Identities,
     ay_get_calls,
     ay_list_calls,
+    deep_page,
+    global_years,
     list_calls,
+    list_skip_calls,
     upsert_calls,
 )
 from bench.load import LoadGenerator, Record
@@ -52,6 +59,9 @@ class Options:
     upsert_items: int
     ay_years: int  # academic years in each of two organizations
     ay_with_refs: int  # years of organization 0 that have classes and timetables
+    ay_organizations: int  # organizations of ay_years each for the global-access cases
+    deep_rows: int  # rows of the one caller the keyset paging cases page through
+    deep_limit: int  # their page size
     workers2: bool
     variants: tuple[tuple[str, Path | None, dict[str, str]], ...]
     cases: tuple[str, ...]
@@ -108,12 +118,18 @@ class Bench:
         )
         return record
 
-    async def case(self, name: str, service: str, build: CallBuilder) -> None:
-        """Every target once per round; the order rotates so none always goes first."""
-        if self.options.cases and not name.startswith(self.options.cases):
+    def selected(self, name: str) -> bool:
+        return not self.options.cases or name.startswith(self.options.cases)
+
+    async def case(
+        self, name: str, service: str, build: CallBuilder, only: tuple[str, ...] = ()
+    ) -> None:
+        """Every target (or those in `only`) once per round; the order rotates so none always
+        goes first."""
+        if not self.selected(name):
             return
         for rnd in range(self.options.rounds):
-            names = list(self.targets)
+            names = [n for n in self.targets if not only or n in only]
             shift = rnd % len(names)
             for target in names[shift:] + names[:shift]:
                 await self.measure(name, target, self.targets[target][service], build, rnd)
@@ -192,9 +208,11 @@ def uses_sink(options: Options) -> bool:
 
 
 def service_targets(
-    options: Options, sa_url: str, sink: str | None = None
+    options: Options, sa_url: str, own_urls: dict[str, str], sink: str | None = None
 ) -> list[tuple[str, dict[str, Target]]]:
-    """Each service target is one process per service, as deployed."""
+    """Each service target is one process per service, as deployed. A variant built from other
+    source (`name@dir`) serves from a database of its own (`own_urls`), migrated by that
+    source: a build from before a migration must not be measured on the indexes it added."""
     # The postgresql+asyncpg:// form: every build reads it, also one from before the services
     # took plain postgresql:// URLs (a `before@…` variant).
     env = {
@@ -208,7 +226,9 @@ def service_targets(
         variants.append(("service-workers2", REPO_ROOT, {**env, "WORKERS": "2"}))
     for name, source, extra in options.variants:
         extra = {k: v.replace("{sink}", sink or "") for k, v in extra.items()}
-        variants.append((name, source or REPO_ROOT, {**env, **extra}))
+        url = own_urls.get(name)
+        own = {"DATABASE_URL": sqlalchemy_url(url)} if url else {}
+        variants.append((name, source or REPO_ROOT, {**env, **own, **extra}))
     return [
         (
             name,
@@ -221,19 +241,36 @@ def service_targets(
     ]
 
 
-async def run(options: Options, sa_url: str) -> dict[str, Any]:
-    """The whole run on the fresh database `sa_url`; every server is stopped before returning."""
-    dsn = make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def run(options: Options, sa_url: str, own_urls: dict[str, str]) -> dict[str, Any]:
+    """The whole run on the fresh database `sa_url` (and each variant's own, `own_urls`);
+    every server is stopped before returning."""
     servers: list[Server] = []
     try:
-        return await _run_in(options, dsn, sa_url, servers)
+        return await _run_in(options, _dsn(sa_url), sa_url, own_urls, servers)
     finally:
         for server in servers:
             server.stop()
 
 
+def migrate_with(source: Path, url: str) -> None:
+    """Both services' migrations as the build in `source` has them."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": sqlalchemy_url(url),
+        "PYTHONPATH": os.pathsep.join([str(source), str(REPO_ROOT / "gen")]),
+    }
+    for module in SERVICES.values():
+        subprocess.run(  # noqa: S603  # our own interpreter and the variant's module
+            [sys.executable, "-m", module, "migrate"], cwd=source, env=env, check=True
+        )
+
+
 async def start_targets(
-    o: Options, dsn: str, sa_url: str, servers: list[Server]
+    o: Options, dsn: str, sa_url: str, own_urls: dict[str, str], servers: list[Server]
 ) -> dict[str, dict[str, Server]]:
     """Every target's servers, started and answering; `servers` collects them for shutdown."""
     logs = o.out / "logs"
@@ -247,14 +284,16 @@ async def start_targets(
     if uses_sink(o):  # an OTLP receiver the tracing variants export to (bench/otlp_sink.py)
         sink = Server(Target("otlp-sink", ("-m", "bench.otlp_sink")), logs)
         servers.append(sink)
-    for name, by_kind in service_targets(o, sa_url, sink.addr if sink else None):
+    for name, by_kind in service_targets(o, sa_url, own_urls, sink.addr if sink else None):
         targets[name] = {kind: Server(target, logs) for kind, target in by_kind.items()}
         servers.extend(targets[name].values())
     await asyncio.gather(*(s.wait_ready() for s in servers))
     return targets
 
 
-async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]) -> dict[str, Any]:
+async def _run_in(
+    options: Options, dsn: str, sa_url: str, own_urls: dict[str, str], servers: list[Server]
+) -> dict[str, Any]:
     from academic_years_service.app import DEFINITION as AY_DEF
     from progress_service.app import DEFINITION as PROGRESS_DEF
 
@@ -264,14 +303,24 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
         await asyncio.to_thread(
             upgrade, sa_url, definition.migrations_dir, definition.version_table
         )
-    await data.seed_academic_years(dsn, 2, o.ay_years, o.ay_with_refs, 5, 3)
-    await data.seed_progress(dsn, 0, o.list_users, o.rows_per_user)
+    sources = {name: source for name, source, _env in o.variants if source}
+    for name, url in own_urls.items():
+        await asyncio.to_thread(migrate_with, sources[name], url)
+    every = [dsn, *(_dsn(url) for url in own_urls.values())]  # the same data in each
+    for db in every:
+        await data.seed_academic_years(db, 2, o.ay_years, o.ay_with_refs, 5, 3)
+        await data.seed_progress(db, 0, o.list_users, o.rows_per_user)
     small_rows = await data.count_rows(dsn, "user_progress")
-    bench = Bench(o, await start_targets(o, dsn, sa_url, servers), dsn)
+    bench = Bench(o, await start_targets(o, dsn, sa_url, own_urls, servers), dsn)
     ids = Identities()
     print(f"list on {small_rows} rows", flush=True)
     await bench.case("progress.list@10k", "progress", list_calls(ids, o.list_users))
-    await data.seed_progress(dsn, o.list_users, o.big_users, o.rows_per_user)
+    # The big table, where a case selected reads it (the service-only ones on its database).
+    shared = ("progress.list@1M", "progress.upsert")
+    growing = every if any(map(bench.selected, shared)) else every[:1]
+    if not o.cases or any(case.startswith("progress.") for case in o.cases):
+        for db in growing:
+            await data.seed_progress(db, o.list_users, o.big_users, o.rows_per_user)
     big_rows = await data.count_rows(dsn, "user_progress")
     print(f"list on {big_rows} rows", flush=True)
     await bench.case("progress.list@1M", "progress", list_calls(ids, o.list_users))
@@ -281,6 +330,8 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
     ay_ids = Identities(org_of=lambda _user: data.ay_org_id(0), permissions=AY_PERMISSIONS)
     await bench.case("ay.list-name-filter", "ay", ay_list_calls(ay_ids))
     await bench.case("ay.get-associations", "ay", ay_get_calls(ay_ids, o.ay_with_refs))
+    walks = await keyset_cases(bench, dsn)
+    await skip_count_cases(bench, dsn)
     summary = summarise(bench.records)
     checks = check_targets(summary)
     return {
@@ -291,7 +342,97 @@ async def _run_in(options: Options, dsn: str, sa_url: str, servers: list[Server]
         "runs": [asdict(r) for r in bench.records],
         "summary": summary,
         "targets": checks,
+        "walks": walks,
     }
+
+
+# The keyset cases and the global-access ones read what only this build answers (page_token,
+# skip_count, a global caller's list): they run on the service alone.
+SERVICE_ONLY = ("service",)
+
+
+async def keyset_cases(bench: Bench, dsn: str) -> dict[str, Any]:
+    """One caller with `deep_rows` rows: its first page, its last page by page_token and by
+    page number, each under load; and the two walks from first page to last, timed."""
+    o = bench.options
+    names = ("page.first@deep", "page.last-token@deep", "page.last-offset@deep")
+    if not any(bench.selected(name) for name in names):
+        return {}
+    await data.seed_progress(dsn, data.DEEP_USER, data.DEEP_USER + 1, o.deep_rows)
+    ids = Identities()
+    server = bench.targets["service"]["progress"]
+    walks = await walk_both_ways(server.addr, ids, o.deep_limit)
+    print(
+        f"walk of {walks['pages']} pages of {o.deep_limit}: by token {walks['token_seconds']} s"
+        f" (last page {walks['token_last_ms']} ms), by page {walks['page_seconds']} s"
+        f" (last page {walks['page_last_ms']} ms)",
+        flush=True,
+    )
+    last = walks["pages"] - 1
+    await bench.case(names[0], "progress", deep_page(ids, o.deep_limit), SERVICE_ONLY)
+    token = deep_page(ids, o.deep_limit, page_token=walks["last_token"])
+    await bench.case(names[1], "progress", token, SERVICE_ONLY)
+    await bench.case(names[2], "progress", deep_page(ids, o.deep_limit, page=last), SERVICE_ONLY)
+    return walks
+
+
+async def walk_both_ways(addr: str, ids: Identities, limit: int) -> dict[str, Any]:
+    """Every page of the deep caller's list, one caller, by next_page_token and by page."""
+    metadata = ids.of(data.DEEP_USER)
+    async with aio.insecure_channel(addr) as channel:
+        stub = progress_pb2_grpc.UserProgressServiceStub(channel)
+
+        async def page(**paging: Any) -> tuple[Any, float]:
+            request = progress_pb2.ListUserProgressRequest(
+                progress_type="sign_learned", limit=limit, skip_count=True, **paging
+            )
+            began = time.perf_counter()
+            response = await stub.ListUserProgress(request, metadata=metadata)
+            return response, (time.perf_counter() - began) * 1000
+
+        began, token, pages = time.perf_counter(), "", 0
+        while True:
+            response, token_last_ms = await page(page_token=token)
+            pages += 1
+            if not response.next_page_token:
+                break
+            token = response.next_page_token
+        last_token = token  # the one the last page was read with
+        token_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        for number in range(pages):
+            _response, page_last_ms = await page(page=number)
+        page_seconds = time.perf_counter() - began
+    return {
+        "pages": pages,
+        "last_token": last_token,
+        "token_seconds": round(token_seconds, 2),
+        "token_last_ms": round(token_last_ms, 2),
+        "page_seconds": round(page_seconds, 2),
+        "page_last_ms": round(page_last_ms, 2),
+    }
+
+
+async def skip_count_cases(bench: Bench, dsn: str) -> None:
+    """A global-access caller's Count and List over every organization's years (ay_years in
+    each of ay_organizations), and List with skip_count; and the progress list@1M again with
+    skip_count."""
+    o = bench.options
+    names = ("ay.count@global", "ay.list@global", "ay.list-skip@global", "progress.list-skip@1M")
+    if not any(bench.selected(name) for name in names):
+        return
+    await data.seed_more_years(dsn, 2, o.ay_organizations, o.ay_years)
+    years = await data.count_rows(dsn, "academic_years")
+    print(f"global-access calls on {years} academic years", flush=True)
+    everyone = Identities(permissions=AY_PERMISSIONS, global_access=True)
+    await bench.case(names[0], "ay", global_years(everyone, "CountAcademicYears"), SERVICE_ONLY)
+    await bench.case(
+        names[1], "ay", global_years(everyone, "ListAcademicYears", limit=10), SERVICE_ONLY
+    )
+    skipping = global_years(everyone, "ListAcademicYears", limit=10, skip_count=True)
+    await bench.case(names[2], "ay", skipping, SERVICE_ONLY)
+    ids = Identities()
+    await bench.case(names[3], "progress", list_skip_calls(ids, o.list_users), SERVICE_ONLY)
 
 
 def _variant(text: str) -> tuple[str, Path | None, dict[str, str]]:
@@ -335,6 +476,9 @@ def options_from(a: argparse.Namespace) -> Options:
             "upsert_items": 20,
             "ay_years": 200,
             "ay_with_refs": 10,
+            "ay_organizations": 5,
+            "deep_rows": 1000,
+            "deep_limit": 100,
         }
     else:
         sizes = {
@@ -348,6 +492,9 @@ def options_from(a: argparse.Namespace) -> Options:
             "upsert_items": 200,
             "ay_years": 10_000,
             "ay_with_refs": 100,
+            "ay_organizations": 100,  # 1,000,000 years
+            "deep_rows": 100_000,
+            "deep_limit": 100,
         }
     sizes["rounds"] = a.rounds or sizes["rounds"]
     sizes["requests"] = a.requests or sizes["requests"]
@@ -369,13 +516,19 @@ def main(args: argparse.Namespace) -> int:
     server = (
         os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") or DEFAULT_URL
     )
-    with scratch_database(server, prefix="bench") as sa_url:
+    with contextlib.ExitStack() as stack:
+        sa_url = stack.enter_context(scratch_database(server, prefix="bench"))
+        own_urls = {
+            name: stack.enter_context(scratch_database(server, prefix=f"bench_{name}"))
+            for name, source, _env in options.variants
+            if source is not None
+        }
         try:
             import uvloop
         except ImportError:
-            result = asyncio.run(run(options, sa_url))
+            result = asyncio.run(run(options, sa_url, own_urls))
         else:
-            result = uvloop.run(run(options, sa_url))
+            result = uvloop.run(run(options, sa_url, own_urls))
     print_table(result["summary"], result["targets"])
     path = options.out / "results.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

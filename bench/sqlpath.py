@@ -64,7 +64,7 @@ async def measure(dsn: str, sa_url: str, calls: int) -> dict[str, float]:
 
     async def repository() -> object:
         async with db.unit_of_work(scope, UserProgressRepository) as uow:
-            return await uow.repo.list("sign_learned", None, PageRequest(10, 0))
+            return await uow.repo.list("sign_learned", None, PageRequest(10, 0), None)
 
     async def full_service() -> object:
         return await service.list(principal, "sign_learned", None, 10, 0)

@@ -112,6 +112,9 @@ class Settings:
     limits: Limits = Limits()
     # Which of the WORKERS processes this is (0 when there is one); set by common.workers.
     worker_index: int = 0
+    # The key page tokens are signed with; None derives it from the JWT secret
+    # (common.pagetoken).
+    page_token_secret: bytes | None = None
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -191,6 +194,24 @@ def _tls(env: Mapping[str, str]) -> TlsSettings | None:
     return TlsSettings(Path(cert), Path(key), Path(ca) if ca else None)
 
 
+def _page_token_secret(env: Mapping[str, str], jwt_settings: JwtSettings) -> bytes | None:
+    """PAGE_TOKEN_SECRET; required when there is no JWT secret to derive the key from, since a
+    key of one process's own would make every other replica refuse its tokens."""
+    secret = env.get("PAGE_TOKEN_SECRET", "")
+    if secret:
+        if len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ConfigError(
+                f"PAGE_TOKEN_SECRET is too weak: use at least {MIN_HMAC_SECRET_BYTES} bytes"
+            )
+        return secret.encode()
+    if not isinstance(jwt_settings.key, bytes):
+        raise ConfigError(
+            "JWT_PUBLIC_KEY_FILE needs PAGE_TOKEN_SECRET (at least "
+            f"{MIN_HMAC_SECRET_BYTES} bytes, the same on every replica) to sign page tokens"
+        )
+    return None
+
+
 def embedded_data_dir(env: Mapping[str, str]) -> Path:
     """Where the embedded PostgreSQL keeps its data (EMBEDDED_PGDATA, default var/postgres)."""
     return Path(_opt(env, "EMBEDDED_PGDATA") or LOCAL_DATA_DIR / "postgres")
@@ -259,6 +280,7 @@ def load_settings(
         from common.db.engine import asyncpg_dsn
 
         asyncpg_dsn(database_url)  # refuses what is not a PostgreSQL URL, naming it
+    jwt_settings = load_jwt_settings(env)
     return Settings(
         service=service,
         database_url=database_url,
@@ -266,7 +288,8 @@ def load_settings(
         app_role=app_role(env),
         require_rls=_flag(env, "REQUIRE_RLS", default=False),
         grpc_addr=_opt(env, "GRPC_ADDR") or default_addr,
-        jwt=load_jwt_settings(env),
+        jwt=jwt_settings,
+        page_token_secret=_page_token_secret(env, jwt_settings),
         workers=workers,
         metrics_addr=_opt(env, "METRICS_ADDR"),
         log_format=log_format,
@@ -326,6 +349,12 @@ ENVIRONMENT: tuple[Variable, ...] = (
     ),
     Variable("JWT_ISSUER", "`iss` every token must carry", "unset: not checked"),
     Variable("JWT_AUDIENCE", "`aud` every token must carry", "unset: not checked"),
+    Variable(
+        "PAGE_TOKEN_SECRET",
+        f"key page tokens are signed with, at least {MIN_HMAC_SECRET_BYTES} bytes, the same on "
+        "every replica; needed with JWT_PUBLIC_KEY_FILE",
+        "unset: derived from JWT_SECRET",
+    ),
     Variable("JWT_LEEWAY_SECONDS", "clock skew allowed on `exp`, `nbf` and `iat`", "30"),
     Variable(
         "TOKEN_CACHE_SIZE",

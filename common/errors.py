@@ -130,6 +130,13 @@ class UnavailableError(ServiceError):
     reason = "UNAVAILABLE"
 
 
+class FailedPreconditionError(ServiceError):
+    """The request is well formed but the stored data does not allow it as asked."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
 class ResourceExhaustedError(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"

@@ -9,6 +9,7 @@ from progress.v1 import progress_pb2, progress_pb2_grpc
 
 from common.config import Settings
 from common.db import Database
+from common.pagetoken import PageTokens
 from common.server import ServiceDefinition
 from progress_service.limits import response_bounds
 from progress_service.service import UserProgressService
@@ -18,7 +19,7 @@ SERVICE_NAME = progress_pb2.DESCRIPTOR.services_by_name["UserProgressService"].f
 
 
 def register(server: aio.Server, db: Database, settings: Settings) -> None:
-    service = UserProgressService(db, settings.limits)
+    service = UserProgressService(db, settings.limits, PageTokens.from_settings(settings))
     progress_pb2_grpc.add_UserProgressServiceServicer_to_server(
         UserProgressServicer(service), server
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -15,11 +15,13 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
+    literal,
     select,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
+from common import keyset
 from common.config import Limits
 from common.csvstream import (
     CellError,
@@ -33,6 +35,7 @@ from common.csvstream.staging import Staging, row_timestamp, staging
 from common.db import UUID_TYPE, UtcDateTime, utcnow
 from common.errors import FieldViolation
 from common.repository import TenantRepository
+from progress_service.domain import PROGRESS_TYPE_VALUES
 from progress_service.repository import on_conflict_update
 from progress_service.tables import user_progress as t
 from progress_service.validation import check_progress_type, clean_item_id
@@ -163,27 +166,60 @@ class ProgressCsvRepository(TenantRepository):
         written = await self.db.execute(_upsert_statement(), params)
         return written - updated, updated
 
-    def export(self, progress_type: str | None) -> tuple[Select[Any], dict[str, Any]]:
-        """The caller's rows (of one type, when given) as CSV cells, oldest first."""
-        return (
-            _export_statement(self.global_access, progress_type is not None),
+    def export(self, progress_type: str | None) -> keyset.Walk:
+        """The caller's rows (of one type, when given) as CSV cells, oldest first, a keyset
+        page at a time."""
+        with_type = progress_type is not None
+        return keyset.Walk(
+            EXPORT_ORDER,
             self.binds(b_type=progress_type),
+            partial(_export_statement, self.global_access, with_type),
+            partial(_export_boundary, self.global_access, with_type),
         )
+
+
+# Oldest first: the order a re-import keeps.
+EXPORT_ORDER = keyset.SortKey("createdAt")
+
+
+def _export_cells(source: Any) -> list[Any]:
+    return [
+        type_coerce(source.c.progress_type, Text),
+        formula_safe(source.c.item_id),
+        formula_safe(source.c.value),
+        source.c.score,
+        type_coerce(source.c["metadata"], Text),
+    ]
+
+
+def _export_where(global_access: bool, with_type: bool) -> list[Any]:
+    where = [ProgressCsvRepository.readable(global_access)]
+    if with_type:
+        where.append(t.c.progress_type == bindparam("b_type"))
+    return where
+
+
+def _types(with_type: bool) -> list[Any]:
+    """Every type, one branch each, when the export is not of one type: the list index leads
+    with (user, type), so each branch reads in creation order and the page merges them."""
+    if with_type:
+        return []
+    return [
+        t.c.progress_type == literal(value, t.c.progress_type.type)
+        for value in PROGRESS_TYPE_VALUES
+    ]
 
 
 @cache
-def _export_statement(global_access: bool, with_type: bool) -> Select[Any]:
-    where = ProgressCsvRepository.readable(global_access)
-    if with_type:
-        where = and_(where, t.c.progress_type == bindparam("b_type"))
-    return (
-        select(
-            type_coerce(t.c.progress_type, Text),
-            formula_safe(t.c.item_id),
-            formula_safe(t.c.value),
-            t.c.score,
-            type_coerce(t.c["metadata"], Text),
-        )
-        .where(where)
-        .order_by(t.c.createdAt, t.c.id)
-    )
+def _export_statement(global_access: bool, with_type: bool, after: str | None) -> Select[Any]:
+    where = _export_where(global_access, with_type)
+    return keyset.page(t, where, EXPORT_ORDER, after, _export_cells, parts=_types(with_type))
+
+
+@cache
+def _export_boundary(global_access: bool, with_type: bool, after: str | None) -> Select[Any]:
+    def cells(source: Any) -> list[Any]:
+        return [source.c.createdAt, source.c.id]
+
+    where = _export_where(global_access, with_type)
+    return keyset.page(t, where, EXPORT_ORDER, after, cells, nth=True, parts=_types(with_type))

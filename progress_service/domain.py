@@ -48,7 +48,8 @@ class UserProgress:
 @dataclass(frozen=True, slots=True)
 class Page:
     rows: list[UserProgress]
-    count: int
+    count: int  # 0 when the caller skipped counting
+    next_page_token: str = ""  # empty on the last page
 
 
 @dataclass(frozen=True, slots=True)

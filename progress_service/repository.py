@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import Insert, insert
 
+from common import keyset
 from common.db import Record, utcnow
 from common.pagination import PageRequest
 from common.repository import TenantRepository
@@ -43,6 +44,8 @@ COLUMNS = (
     t.c.updatedAt,
 )
 _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
+# The list's one order, newest first; `user_progress_user_type_created` reads it.
+LIST_ORDER = keyset.SortKey("createdAt", descending=True)
 
 
 def to_domain(record: Record) -> UserProgress:
@@ -120,13 +123,25 @@ class UserProgressRepository(TenantRepository):
     def _page_statement(
         cls, global_access: bool, with_item: bool, caps: ReadCaps = DEFAULT_CAPS
     ) -> Select[Any]:
+        """A page by number (OFFSET), for callers that still send `page`."""
         return (
             select(*listed_columns(caps))
             .where(cls._matching(global_access, with_item))
-            .order_by(t.c.createdAt.desc(), t.c.id.desc())
-            .limit(bindparam("b_limit"))
+            .order_by(*keyset.order_by(t, LIST_ORDER))
+            .limit(bindparam("limit"))
             .offset(bindparam("b_offset"))
         )
+
+    @classmethod
+    @cache
+    def _keyset_statement(
+        cls, global_access: bool, with_item: bool, after: bool, caps: ReadCaps = DEFAULT_CAPS
+    ) -> Select[Any]:
+        """The first page, or the page after the position bound in `k_value`/`k_id`; no
+        column loaded beyond `caps`. (The order has no NULLs: one branch, on the table.)"""
+        where = [cls._matching(global_access, with_item)]
+        region = keyset.VALUE if after else None
+        return keyset.page(t, where, LIST_ORDER, region, lambda _table: listed_columns(caps))
 
     @classmethod
     @cache
@@ -175,15 +190,31 @@ class UserProgressRepository(TenantRepository):
         progress_type: str,
         item_id: str | None,
         page: PageRequest,
+        position: list[Any] | None,
         caps: ReadCaps = DEFAULT_CAPS,
-    ) -> tuple[list[UserProgress], int]:
-        """A page of the caller's rows, no column loaded beyond `caps`, and the total."""
+        *,
+        counted: bool = True,
+    ) -> tuple[list[UserProgress], int | None, list[Any] | None]:
+        """One page of the caller's rows, by number (OFFSET) or after `position` (keyset), no
+        column loaded beyond `caps`; the count before paging unless not `counted`; and where
+        the next page starts, unless this is the last."""
         shape = (self.global_access, item_id is not None)
-        params = self.binds(b_type=progress_type, b_item=item_id)
-        count = await self.db.scalar(self._count_statement(*shape), params)
-        paged = {**params, "b_limit": page.limit, "b_offset": page.offset}
-        rows = await self.db.rows(self._page_statement(*shape, caps), paged)
-        return [listed_to_domain(r, caps) for r in rows], int(count)
+        params = self.binds(b_type=progress_type, b_item=item_id, limit=page.limit + 1)
+        count = None
+        if counted:
+            count = int(await self.db.scalar(self._count_statement(*shape), params))
+        if page.offset:
+            statement = self._page_statement(*shape, caps)
+            params["b_offset"] = page.offset
+        else:
+            if position is not None:
+                params.update(keyset.resume(t, LIST_ORDER, position)[1])
+            statement = self._keyset_statement(*shape, position is not None, caps)
+        records = await self.db.rows(statement, params)
+        more = len(records) > page.limit
+        records = records[: page.limit]
+        last = keyset.position(records[-1], LIST_ORDER) if more else None
+        return [listed_to_domain(r, caps) for r in records], count, last
 
     async def soft_delete(self, progress_type: str, item_id: str) -> int:
         params = self.binds(b_type=progress_type, b_item=item_id, b_now=utcnow())

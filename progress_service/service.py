@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import replace
 
+from common import pagetoken
 from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
@@ -12,6 +13,7 @@ from common.csvstream.transfer import export_csv, import_csv
 from common.csvstream.watch import ImportTracker
 from common.db import Database
 from common.errors import ValidationError
+from common.pagetoken import PageTokens
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
 from common.validation import json_problem, text_violations
@@ -50,12 +52,19 @@ def as_read(row: UserProgress, limits: Limits) -> UserProgress:
     return replace(row, item_id=item_id, value=value, metadata=metadata, truncated=truncated)
 
 
+LISTING = "progress.v1.UserProgressService/ListUserProgress"
+
+
 class UserProgressService:
-    def __init__(self, db: Database, limits: Limits | None = None) -> None:
+    def __init__(
+        self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
+    ) -> None:
         self._db = db
         self._limits = limits or Limits()
         self._caps = read_caps(self._limits)
         self._csv_columns = csv_columns(self._limits)
+        # The app passes the key from the settings; left out (tests, tools), this instance's own.
+        self._tokens = tokens or PageTokens.ephemeral()
 
     async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
         scope = tenant_scope(principal)
@@ -72,7 +81,11 @@ class UserProgressService:
         item_id: str | None,
         limit: int,
         page: int,
+        page_token: str = "",
+        skip_count: bool = False,
     ) -> Page:
+        """A page by number (`page`), or the page after `page_token`, which is only good for
+        this caller, type and item; the token of the next page unless this is the last."""
         scope = tenant_scope(principal)
         violations = check_progress_type(progress_type, "progress_type")
         if item_id is not None:
@@ -80,10 +93,15 @@ class UserProgressService:
             violations += text_violations(item_id, "item_id")
         if violations:
             raise ValidationError(violations)
-        paging = resolve_pagination(limit, page)
+        paging = resolve_pagination(limit, page, page_token)
+        bound = pagetoken.binding(LISTING, scope, (progress_type, item_id))
+        position = self._tokens.read(paging.token, bound) if paging.token else None
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
-            rows, count = await uow.repo.list(progress_type, item_id, paging, self._caps)
-        return Page([as_read(row, self._limits) for row in rows], count)
+            rows, count, last = await uow.repo.list(
+                progress_type, item_id, paging, position, self._caps, counted=not skip_count
+            )
+        next_token = "" if last is None else self._tokens.issue(bound, last)
+        return Page([as_read(row, self._limits) for row in rows], count or 0, next_token)
 
     async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
         scope = tenant_scope(principal)

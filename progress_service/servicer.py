@@ -85,9 +85,13 @@ class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
             optional(request, "item_id"),
             request.limit,
             request.page,
+            request.page_token,
+            request.skip_count,
         )
         return progress_pb2.ListUserProgressResponse(
-            rows=[to_proto(r) for r in page.rows], count=page.count
+            rows=[to_proto(r) for r in page.rows],
+            count=page.count,
+            next_page_token=page.next_page_token,
         )
 
     async def DeleteUserProgressByItem(

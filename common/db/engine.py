@@ -101,13 +101,14 @@ class Database:
             return self.pool
 
     def unit_of_work(
-        self, scope: TenantScope | None, repository: RepositoryFactory[R]
+        self, scope: TenantScope | None, repository: RepositoryFactory[R], *, snapshot: bool = False
     ) -> UnitOfWork[R]:
         """One transaction for `scope` (its tenant set for row-level security) with
-        `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`."""
+        `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`. `snapshot`: read only,
+        every statement on the same snapshot (REPEATABLE READ)."""
         if self.spans is not None:
-            return traced_unit_of_work(self, scope, repository, self.spans)
-        return UnitOfWork(self, scope, repository)
+            return traced_unit_of_work(self, scope, repository, self.spans, snapshot=snapshot)
+        return UnitOfWork(self, scope, repository, snapshot=snapshot)
 
     def trace(self, tracer: Tracer) -> None:
         """Make a span of each statement, COPY and transaction step inside a recording span."""

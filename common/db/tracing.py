@@ -181,8 +181,10 @@ class TracedUnitOfWork(UnitOfWork[R]):
         factory: RepositoryFactory[R],
         spans: DbSpans,
         parent: otel_context.Context,
+        *,
+        snapshot: bool = False,
     ) -> None:
-        super().__init__(db, scope, factory)
+        super().__init__(db, scope, factory, snapshot=snapshot)
         self._spans, self._parent = spans, parent
         self._begin: Span | None = None
 
@@ -209,10 +211,15 @@ class TracedUnitOfWork(UnitOfWork[R]):
 
 
 def traced_unit_of_work(
-    db: Database, scope: TenantScope | None, factory: RepositoryFactory[R], spans: DbSpans
+    db: Database,
+    scope: TenantScope | None,
+    factory: RepositoryFactory[R],
+    spans: DbSpans,
+    *,
+    snapshot: bool = False,
 ) -> UnitOfWork[R]:
     """A traced unit of work inside a recording span, else the plain one."""
     parent = spans.parent()
     if parent is None:
-        return UnitOfWork(db, scope, factory)
-    return TracedUnitOfWork(db, scope, factory, spans, parent)
+        return UnitOfWork(db, scope, factory, snapshot=snapshot)
+    return TracedUnitOfWork(db, scope, factory, spans, parent, snapshot=snapshot)

@@ -25,17 +25,24 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _begin_sql(scope: TenantScope | None) -> str:
+# A read-only transaction on one snapshot: every statement sees the same rows (an export
+# read in several keyset batches neither repeats nor misses a row that changes meanwhile).
+SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+def _begin_sql(scope: TenantScope | None, snapshot: bool = False) -> str:
     """BEGIN and the caller's tenant, read by the row-level security policies (local to the
-    transaction), in one message: one round trip instead of two per call. The values are ids
-    the token verifier checked as UUIDs; quoting keeps the statement well-formed regardless."""
+    transaction), in one message: one round trip instead of two per call. SET LOCAL rather than
+    set_config(): Citus passes SET LOCAL on to the workers, where the shards' policies read
+    the settings (docs/scaling.md). The values are ids the token verifier checked as UUIDs;
+    quoting keeps the statement well-formed regardless."""
+    begin = SNAPSHOT if snapshot else "BEGIN"
     if scope is None:
-        return "BEGIN"
+        return begin
     return (
-        "BEGIN; SELECT set_config('app.organization_id', "
-        f"{_quote(scope.organization_id or '')}, true), "
-        f"set_config('app.user_id', {_quote(scope.user_id)}, true), "
-        f"set_config('app.global_access', '{'on' if scope.global_access else 'off'}', true)"
+        f"{begin}; SET LOCAL app.organization_id = {_quote(scope.organization_id or '')}; "
+        f"SET LOCAL app.user_id = {_quote(scope.user_id)}; "
+        f"SET LOCAL app.global_access = '{'on' if scope.global_access else 'off'}'"
     )
 
 
@@ -45,14 +52,31 @@ class UnitOfWork(Generic[R]):
     database is waited for while the unit begins (within the call's deadline), and leaves as
     UNAVAILABLE if it is not back in time, or is lost once the block has begun."""
 
-    __slots__ = ("_committed", "_conn", "_db", "_factory", "_scope", "executor", "repo")
+    __slots__ = (
+        "_committed",
+        "_conn",
+        "_db",
+        "_factory",
+        "_scope",
+        "_snapshot",
+        "executor",
+        "repo",
+    )
 
     executor: Executor
     repo: R
 
-    def __init__(self, db: Database, scope: TenantScope | None, factory: RepositoryFactory[R]):
+    def __init__(
+        self,
+        db: Database,
+        scope: TenantScope | None,
+        factory: RepositoryFactory[R],
+        *,
+        snapshot: bool = False,
+    ):
         self._db = db
         self._scope = scope
+        self._snapshot = snapshot
         self._factory = factory
         self._committed = False
         self._conn: asyncpg.Connection | None = None
@@ -84,7 +108,7 @@ class UnitOfWork(Generic[R]):
         pool = self._db.pool or await self._db.open()
         conn = self._conn = await self._acquire(pool)
         self.executor = self._executor(conn)
-        await self._control(conn, _begin_sql(self._scope), "BEGIN")
+        await self._control(conn, _begin_sql(self._scope, self._snapshot), "BEGIN")
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
         # No timer on the wait for a connection: the call's deadline bounds it.

@@ -87,13 +87,18 @@ async def test_client_chosen_id_and_duplicates(academic_years: Harness) -> None:
         create(academic_years, caller, id=chosen, name="b"), grpc.StatusCode.ALREADY_EXISTS
     )
     assert error.domain == "academic_years.v1"
-    # Another organization's id and a soft-deleted row's id are taken too.
-    await expect_error(create(academic_years, staff(), id=chosen), grpc.StatusCode.ALREADY_EXISTS)
+    # A soft-deleted row's id stays taken in its organization.
     await stub(academic_years).DeleteAcademicYear(
         pb.DeleteAcademicYearRequest(id=chosen), metadata=caller.md
     )
     await expect_error(create(academic_years, caller, id=chosen), grpc.StatusCode.ALREADY_EXISTS)
     assert (await stored(academic_years, chosen))["name"] == "a"
+    # Ids are keyed within the organization (this changed with migration 0003): another
+    # organization takes the same id as a free one, and each sees its own year.
+    other = staff()
+    theirs = await create(academic_years, other, id=chosen, name="theirs")
+    assert theirs.id == chosen and theirs.organization_id == other.org
+    assert (await get(academic_years, other, chosen)).name == "theirs"
 
 
 @pytest.mark.parametrize(
@@ -171,7 +176,7 @@ async def test_get_issues_a_bounded_number_of_statements(academic_years: Harness
             got = await get(academic_years, caller, year_id)
         assert len(got.classes_academic_year) == len(got.timetables_academic_year) == size
         # Not counted: the row-level security settings every transaction starts with.
-        queries = [s for s in seen if "set_config" not in s]
+        queries = [s for s in seen if "SET LOCAL" not in s]
         counts.append(sum(1 for s in queries if s.lstrip().upper().startswith("SELECT")))
     assert counts[0] == counts[1] == 3  # the year with its organization, classes, timetables
 
@@ -378,3 +383,24 @@ async def test_every_bad_field_is_named_at_once(academic_years: Harness) -> None
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert [v[0] for v in error.violations] == ["data.id", "data.start_date", "data.end_date"]
+
+
+async def test_moving_a_year_into_an_organization_holding_its_id_is_already_exists(
+    academic_years: Harness,
+) -> None:
+    """A move deletes and inserts the row (Citus cannot update a distribution column); the
+    target's key on (organization, id), deleted rows included, refuses a clash."""
+    first, second = staff(), staff()
+    own = await create(academic_years, first, name="own")
+    clash = await create(academic_years, second, id=own.id, name="clash")
+    await stub(academic_years).DeleteAcademicYear(
+        pb.DeleteAcademicYearRequest(id=clash.id), metadata=second.md
+    )
+    move = stub(academic_years).UpdateAcademicYear(
+        pb.UpdateAcademicYearRequest(
+            id=own.id, data=pb.AcademicYearInput(organization_id=second.org, name="moved")
+        ),
+        metadata=admin().md,
+    )
+    await expect_error(move, grpc.StatusCode.ALREADY_EXISTS)
+    assert (await get(academic_years, first, own.id)).name == "own"  # the rename rolled back

@@ -86,15 +86,13 @@ async def test_import_hash_skips_rows_seen_in_the_file_or_the_table(
     assert (summary.created, summary.skipped) == (1, 3)  # only the row without a hash
 
 
-async def test_a_hash_taken_in_another_organization_is_skipped_too(
-    academic_years: Harness,
-) -> None:
-    # The table keeps the original's UNIQUE importHash, so a hash is taken table-wide.
-    await import_csv(academic_years, staff(), csv_bytes([["name", "importHash"], ["a", "h"]]))
-    summary = await import_csv(
-        academic_years, staff(), csv_bytes([["name", "importHash"], ["b", "h"]])
-    )
-    assert (summary.created, summary.skipped) == (0, 1)
+async def test_a_hash_taken_in_another_organization_is_free(academic_years: Harness) -> None:
+    # importHash is unique per organization (migration 0003; before, it was unique table-wide
+    # and the second import skipped the row, telling that another organization held the hash).
+    file = csv_bytes([["name", "importHash"], ["a", "h"]])
+    await import_csv(academic_years, staff(), file)
+    summary = await import_csv(academic_years, staff(), file)
+    assert (summary.created, summary.skipped) == (1, 0)
 
 
 async def test_repeated_ids_in_the_file_name_their_lines(academic_years: Harness) -> None:
@@ -112,13 +110,25 @@ async def test_repeated_ids_in_the_file_name_their_lines(academic_years: Harness
 
 async def test_an_id_that_exists_already_is_already_exists(academic_years: Harness) -> None:
     caller = staff()
-    existing = await create(academic_years, staff(), name="elsewhere")
+    existing = await create(academic_years, caller, name="mine")
     rows = [["id", "name"], [new_uuid(), "fine"], [existing.id, "clash"]]
     error = await expect_error(
         import_csv(academic_years, caller, csv_bytes(rows)), grpc.StatusCode.ALREADY_EXISTS
     )
     assert error.message.startswith("line 3:") and error.metadata["lines"] == "3"
-    assert [r["name"] for r in await stored(academic_years)] == ["elsewhere"]
+    assert [r["name"] for r in await stored(academic_years)] == ["mine"]
+
+
+async def test_another_organizations_id_imports_like_a_free_one(academic_years: Harness) -> None:
+    # Ids are keyed within the organization (migration 0003; before, this was ALREADY_EXISTS).
+    theirs = await create(academic_years, staff(), name="theirs")
+    caller = staff()
+    summary = await import_csv(
+        academic_years, caller, csv_bytes([["id", "name"], [theirs.id, "mine"]])
+    )
+    assert (summary.created, summary.skipped) == (1, 0)
+    names = {(r["organizationId"], r["name"]) for r in await stored(academic_years)}
+    assert names == {(theirs.organization_id, "theirs"), (caller.org, "mine")}
 
 
 async def test_export_then_import_into_another_organization_reproduces_the_years(

@@ -9,16 +9,27 @@ from typing import Any
 
 import asyncpg
 import pytest
+from alembic import command
 
 from academic_years_service.app import DEFINITION
 from bench.scratch import scratch_database
 from common.db import asyncpg_dsn
-from common.migrations import upgrade
+from common.migrations import alembic_config, upgrade
+from common.online_ddl import MigrationRefused
 from tests.support.databases import head_revision
 
+# academic_years_org_name of revision 0001 was replaced by academic_years_org_name_id in 0003.
 INDEXES = {
+    "academic_years_pkey",
+    "academic_years_org_import_hash_key",
     "academic_years_org_created",
-    "academic_years_org_name",
+    "academic_years_org_name_id",
+    "academic_years_org_start",
+    "academic_years_org_end",
+    "academic_years_org_updated",
+    "academic_years_org_current",
+    "academic_years_created",
+    "academic_years_name_trgm",
     "classes_academic_year_id",
     "timetables_academic_year_id",
 }
@@ -26,6 +37,11 @@ INDEXES = {
 
 def _upgrade(url: str) -> None:
     upgrade(url, DEFINITION.migrations_dir, DEFINITION.version_table)
+
+
+def _migrate(url: str, revision: str, *, down: bool = False) -> None:
+    config = alembic_config(url, DEFINITION.migrations_dir, DEFINITION.version_table)
+    (command.downgrade if down else command.upgrade)(config, revision)
 
 
 def test_fresh_database_gets_every_table_and_index_once(scratch_pg: str) -> None:
@@ -105,3 +121,116 @@ def test_existing_postgres_tables_are_adopted_with_their_rows(scratch_pg: str) -
     assert rows == [(year, "kept", False)]
     assert {r[0] for r in indexes} >= INDEXES
     assert "teacherId" in {r[0] for r in columns}  # adopted as it was
+
+
+KEYS = (
+    "SELECT c.relname::text, array_agg(a.attname::text ORDER BY k.n) "
+    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+    "WHERE i.indrelid = 'academic_years'::regclass AND i.indisunique GROUP BY 1 ORDER BY 1"
+)
+NOT_NULL = (
+    "SELECT attnotnull FROM pg_attribute "
+    "WHERE attrelid = 'academic_years'::regclass AND attname = 'organizationId'"
+)
+
+
+def test_keys_contain_the_organization_and_downgrade_restores_the_old_ones(
+    scratch_pg: str,
+) -> None:
+    _upgrade(scratch_pg)
+    [keys, [(not_null,)]] = asyncio.run(_sql(scratch_pg, [KEYS, NOT_NULL]))
+    assert keys == keys_after_upgrade() and not_null
+    _migrate(scratch_pg, "0002", down=True)
+    [keys, [(not_null,)], indexes] = asyncio.run(
+        _sql(scratch_pg, [KEYS, NOT_NULL, "SELECT indexname FROM pg_indexes"])
+    )
+    assert keys == [
+        ("academic_years_importHash_key", ["importHash"]),
+        ("academic_years_pkey", ["id"]),
+    ]
+    assert not not_null and "academic_years_org_name" in {r[0] for r in indexes}
+    _upgrade(scratch_pg)  # and up again
+    assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == keys_after_upgrade()
+
+
+def keys_after_upgrade() -> list[tuple[str, list[str]]]:
+    return [
+        ("academic_years_org_import_hash_key", ["organizationId", "importHash"]),
+        ("academic_years_pkey", ["organizationId", "id"]),
+    ]
+
+
+def test_a_year_without_organization_stops_the_upgrade_until_it_is_assigned(
+    scratch_pg: str,
+) -> None:
+    org, orphan = str(uuid.uuid4()), str(uuid.uuid4())
+    asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                *ORIGINAL_SCHEMA,
+                f"INSERT INTO organizations VALUES ('{org}', 'North', now(), now(), NULL, NULL)",
+                f'INSERT INTO academic_years (id, name, "createdAt", "updatedAt") '
+                f"VALUES ('{orphan}', 'orphan', now(), now())",
+            ],
+        )
+    )
+    with pytest.raises(
+        MigrationRefused, match=r'1 row\(s\) of academic_years have no "organizationId"'
+    ):
+        _upgrade(scratch_pg)
+    [keys, [(not_null,)]] = asyncio.run(_sql(scratch_pg, [KEYS, NOT_NULL]))
+    assert ("academic_years_pkey", ["id"]) in keys and not not_null  # nothing changed
+    asyncio.run(
+        _sql(scratch_pg, [f"UPDATE academic_years SET \"organizationId\" = '{org}' RETURNING id"])
+    )
+    _upgrade(scratch_pg)
+    [keys, [(not_null,)]] = asyncio.run(_sql(scratch_pg, [KEYS, NOT_NULL]))
+    assert keys == keys_after_upgrade() and not_null
+
+
+def test_downgrade_refuses_when_two_organizations_share_an_id(scratch_pg: str) -> None:
+    _upgrade(scratch_pg)
+    year = str(uuid.uuid4())
+    asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                f'INSERT INTO academic_years (id, "organizationId", "createdAt", "updatedAt") '
+                f"VALUES ('{year}', '{uuid.uuid4()}', now(), now()), "
+                f"('{year}', '{uuid.uuid4()}', now(), now()) RETURNING id"
+            ],
+        )
+    )
+    with pytest.raises(MigrationRefused, match=r'\("id"\) in academic_years are held by more'):
+        _migrate(scratch_pg, "0002", down=True)
+    assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == keys_after_upgrade()
+
+
+def test_an_index_build_left_invalid_is_built_again(scratch_pg: str) -> None:
+    """CREATE INDEX CONCURRENTLY that fails leaves an invalid index behind: a re-run must not
+    take it for done."""
+    _migrate(scratch_pg, "0002")
+    asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                "CREATE INDEX academic_years_org_start ON academic_years (name)",
+                "UPDATE pg_index SET indisvalid = false "
+                "WHERE indexrelid = 'academic_years_org_start'::regclass RETURNING 1",
+            ],
+        )
+    )
+    _upgrade(scratch_pg)
+    [[(valid, definition)]] = asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index "
+                "WHERE indexrelid = 'academic_years_org_start'::regclass"
+            ],
+        )
+    )
+    assert valid and '("organizationId", start_date, id)' in definition

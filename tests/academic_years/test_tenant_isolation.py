@@ -34,6 +34,22 @@ async def snapshot(h: Harness) -> dict[str, Any]:
     return {r["id"]: dict(r) for r in rows}
 
 
+async def snapshot_all(h: Harness) -> list[dict[str, Any]]:
+    rows = await h.rows(
+        select(years_table).order_by(years_table.c.organizationId, years_table.c.id)
+    )
+    return [dict(r) for r in rows]
+
+
+async def snapshot_of(h: Harness, organization: str) -> dict[str, Any]:
+    rows = await h.rows(
+        select(years_table)
+        .where(years_table.c.organizationId == organization)
+        .order_by(years_table.c.id)
+    )
+    return {r["id"]: dict(r) for r in rows}
+
+
 def personas(owner: Caller) -> dict[str, Caller]:
     return {
         "same_org_colleague": staff(owner.org),
@@ -253,25 +269,49 @@ async def test_sort_field_is_whitelisted(academic_years: Harness) -> None:
 assert set(ALL) == {f"{p}_ACADEMIC_YEARS" for p in NEEDS.values()}
 
 
-async def test_create_with_a_taken_id_says_the_same_whoever_owns_it(
+async def test_create_with_another_organizations_id_is_like_a_free_id(
     academic_years: Harness,
 ) -> None:
-    """Ids are primary keys, so a taken id is ALREADY_EXISTS; the answer must not tell whose."""
+    """Ids are keyed within the organization (migration 0003; before, another organization's
+    id answered ALREADY_EXISTS, telling that the id was in use): a stranger creating with the
+    owner's id gets exactly what a free id gives, and the owner's year is untouched."""
     owner, ids, before = await seeded(academic_years)
     stranger = staff()
-    [strangers_own] = await seed_years(
-        academic_years, {"name": "stranger's", "organizationId": stranger.org}
-    )
 
-    def create(year_id: str) -> Awaitable[Any]:
-        return stub(academic_years).CreateAcademicYear(
+    async def create(year_id: str) -> pb.AcademicYear:
+        return await stub(academic_years).CreateAcademicYear(
             pb.CreateAcademicYearRequest(data=pb.AcademicYearInput(id=year_id, name="x")),
             metadata=stranger.md,
         )
 
-    foreign = await expect_error(create(ids["Owner Year"]), grpc.StatusCode.ALREADY_EXISTS)
-    own = await expect_error(create(strangers_own), grpc.StatusCode.ALREADY_EXISTS)
-    assert foreign == own
-    assert owner.org not in foreign.message and owner.org not in str(foreign.metadata)
-    after = await snapshot(academic_years)
-    assert {k: v for k, v in after.items() if k in before} == before
+    foreign, free = await create(ids["Owner Year"]), await create(new_uuid())
+    assert (foreign.organization_id, foreign.name) == (free.organization_id, free.name)
+    assert (foreign.id, foreign.organization_id) == (ids["Owner Year"], stranger.org)
+    after = await snapshot_of(academic_years, owner.org)
+    assert after == {k: v for k, v in before.items() if v["organizationId"] == owner.org}
+
+
+async def test_a_global_caller_cannot_act_on_an_id_two_organizations_hold(
+    academic_years: Harness,
+) -> None:
+    """Ids are keyed within the organization, so two may hold one; a global-access caller's
+    bare id then names two years, and Get/Update/Delete/BatchDelete refuse rather than pick
+    one or touch both."""
+    first, second, shared = staff(), staff(), new_uuid()
+    await seed_years(
+        academic_years,
+        {"id": shared, "name": "first", "organizationId": first.org},
+        {"id": shared, "name": "second", "organizationId": second.org},
+    )
+    before = await snapshot_all(academic_years)
+    for name in ("get", "update", "delete", "batch_delete"):
+        error = await expect_error(
+            RPCS[name](academic_years, admin(), shared), grpc.StatusCode.FAILED_PRECONDITION
+        )
+        assert (error.reason, error.metadata["ids"]) == ("AMBIGUOUS_ID", shared), name
+    assert await snapshot_all(academic_years) == before
+    for caller, name in ((first, "first"), (second, "second")):
+        got = await stub(academic_years).GetAcademicYear(
+            pb.GetAcademicYearRequest(id=shared), metadata=caller.md
+        )
+        assert got.name == name

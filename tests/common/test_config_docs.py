@@ -54,7 +54,12 @@ def environments(tmp_path: Path) -> Iterator[dict[str, str]]:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    yield {"JWT_PUBLIC_KEY_FILE": str(pem), "JWT_ALGORITHM": "EdDSA", "LOG_FORMAT": "json"}
+    yield {
+        "JWT_PUBLIC_KEY_FILE": str(pem),
+        "JWT_ALGORITHM": "EdDSA",
+        "PAGE_TOKEN_SECRET": "p" * 32,  # no JWT secret to derive the page-token key from
+        "LOG_FORMAT": "json",
+    }
     for name in ("cert", "key", "ca"):
         (tmp_path / name).write_text("x")
     yield {

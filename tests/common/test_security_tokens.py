@@ -98,7 +98,11 @@ async def _server(backend_urls: dict[str, str], env: dict[str, str]) -> Harness:
     from progress_service.tables import metadata
 
     settings = load_jwt_settings(env)  # the same path JWT_* variables take at start-up
-    return await start_harness(DEFINITION, backend_urls["postgres"], metadata, jwt=settings)
+    # A public key leaves no secret to derive the page-token key from.
+    page_key = None if isinstance(settings.key, bytes) else b"page-token-key-" * 3
+    return await start_harness(
+        DEFINITION, backend_urls["postgres"], metadata, jwt=settings, page_token_secret=page_key
+    )
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -53,7 +53,7 @@ class FakeService:
 
     async def list(self, principal: Principal, *args: Any) -> Page:
         self.calls.append(("list", (principal, *args)))
-        return Page([self.record, self.record], 7)
+        return Page([self.record, self.record], 7, "next")
 
     async def delete_by_item(self, principal: Principal, progress_type: str, item_id: str) -> int:
         self.calls.append(("delete", (principal, progress_type, item_id)))
@@ -102,11 +102,13 @@ async def test_absent_optionals_stay_absent_on_the_wire() -> None:
 async def test_list_and_delete_translate_arguments_and_results() -> None:
     servicer, fake = _servicer(_record())
     listed = await servicer.ListUserProgress(
-        pb.ListUserProgressRequest(progress_type="sign_learned", limit=5, page=2),
+        pb.ListUserProgressRequest(
+            progress_type="sign_learned", limit=5, page=2, page_token="t", skip_count=True
+        ),
         None,  # type: ignore[arg-type]
     )
-    assert fake.calls[-1] == ("list", (PRINCIPAL, "sign_learned", None, 5, 2))
-    assert listed.count == 7 and len(listed.rows) == 2
+    assert fake.calls[-1] == ("list", (PRINCIPAL, "sign_learned", None, 5, 2, "t", True))
+    assert listed.count == 7 and len(listed.rows) == 2 and listed.next_page_token == "next"
     await servicer.ListUserProgress(
         pb.ListUserProgressRequest(progress_type="sign_learned", item_id=""),
         None,  # type: ignore[arg-type]

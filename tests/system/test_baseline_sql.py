@@ -27,17 +27,17 @@ NAME_SHAPE, _ = statements.filter_binds(AcademicYearFilter(name="x"))
 PAIRS: list[tuple[str, str, Any]] = [
     ("progress upsert", baseline.UPSERT_SQL, Progress._upsert_statement()),
     ("progress count", baseline.COUNT_SQL, Progress._count_statement(False, False)),
-    ("progress list", baseline.LIST_SQL, Progress._page_statement(False, False)),
+    ("progress list", baseline.LIST_SQL, Progress._keyset_statement(False, False, False)),
     ("progress delete", baseline.DELETE_SQL, Progress._soft_delete_statement(False)),
     ("years count", baseline_ay.COUNT_SQL, statements.count_statement(False, NAME_SHAPE)),
     (
         "years page",
         baseline_ay.PAGE_SQL,
-        statements.page_statement(False, NAME_SHAPE, Ordering()),
+        statements.keyset_statement(False, NAME_SHAPE, Ordering(), None),
     ),
     ("years get", baseline_ay.GET_SQL, statements.get_statement(False)),
-    ("classes", baseline_ay.CLASSES_SQL, statements.references_statement(classes, False)),
-    ("timetables", baseline_ay.TIMETABLES_SQL, statements.references_statement(timetables, False)),
+    ("classes", baseline_ay.CLASSES_SQL, statements.references_statement(classes)),
+    ("timetables", baseline_ay.TIMETABLES_SQL, statements.references_statement(timetables)),
 ]
 
 

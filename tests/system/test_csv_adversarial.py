@@ -201,11 +201,13 @@ async def test_academic_years_import_cannot_touch_another_organizations_year(
     )
     before = await year_rows(academic_years, theirs.org)
     data = csv_bytes([["id", "name"], [their_year, "hijacked"]])
-    await expect_error(
-        ay_csv.import_csv(academic_years, mine, data), grpc.StatusCode.ALREADY_EXISTS
-    )
+    # Ids are keyed within the organization (migration 0003; before, this was ALREADY_EXISTS,
+    # which told the importer the id was taken elsewhere): the row lands in the importer's own
+    # organization, as for any free id, and theirs is untouched.
+    summary = await ay_csv.import_csv(academic_years, mine, data)
+    assert summary.created == 1
     assert await year_rows(academic_years, theirs.org) == before
-    assert await year_rows(academic_years, mine.org) == []
+    assert [r["name"] for r in await year_rows(academic_years, mine.org)] == ["hijacked"]
 
 
 async def test_academic_years_import_needs_create_permission(academic_years: Harness) -> None:
