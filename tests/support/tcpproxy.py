@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `url`'s server. `down()` acts like a server going away:
-    connections are cut, and new ones are accepted and closed at once (counted in `refused`)
-    until `up()`."""
+    """Forwards 127.0.0.1:`port` to `url`'s server (over TCP or its unix socket). `down()`
+    acts like a server going away: connections are cut, and new ones are accepted and closed
+    at once (counted in `refused`) until `up()`."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self._url = parts
+        # A unix-socket server (the embedded one: `?host=/dir`) is reached through its socket
+        # file; the proxied URL is plain TCP, so that query goes.
+        query = parse_qs(parts.query)
+        socket_dir = query.pop("host", [None])[0]
+        self._url = parts._replace(query=urlencode(query, doseq=True))
+        self._socket = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
@@ -58,7 +63,10 @@ class TcpProxy:
             writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            if self._socket is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError:
             writer.transport.abort()
             return
