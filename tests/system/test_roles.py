@@ -5,9 +5,11 @@ default serves as it, and `serve` says so (or refuses) when its role would bypas
 from __future__ import annotations
 
 import logging
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -73,9 +75,11 @@ def _drop_role(owner: str, role: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedded_default(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+def embedded_default() -> tuple[str, str]:
     """The embedded default, in a private data directory: (owner URL, the URL it serves with)."""
-    data_dir = tmp_path_factory.mktemp("roles") / "pg"
+    # Outside pytest's temp tree: pytest resets it to 0700, which locks the server's own
+    # system user out of its data directory (see tests/support/processes.py).
+    data_dir = Path(tempfile.mkdtemp(prefix="embedded-pg-roles-")) / "pg"
     served = migrate(DEFINITION, {"EMBEDDED_PGDATA": str(data_dir)})
     owner = served.replace("school_app@", "postgres@", 1)
     return owner, served
