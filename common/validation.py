@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -12,6 +13,13 @@ from common.limits import field_bytes
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
 UNICODE_MESSAGE = "must be valid Unicode (no lone surrogates)"
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def canonical_uuid(value: str) -> str | None:
+    """`value` in the canonical 8-4-4-4-12 form, lower-case; None when it is not a UUID so
+    written (braces, URNs and bare hex are refused, as they are in ids)."""
+    return value.lower() if _UUID.fullmatch(value) else None
 
 
 def text_violations(

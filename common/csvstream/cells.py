@@ -8,12 +8,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from common.validation import json_problem
+from common.validation import canonical_uuid, json_problem
 
 CellParser = Callable[[str], Any]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _INT = re.compile(r"[+-]?\d{1,10}")
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
@@ -29,9 +28,10 @@ def text(value: str) -> str:
 
 def uuid_text(value: str) -> str:
     """A UUID in its canonical 8-4-4-4-12 form, returned lower-case."""
-    if _UUID.fullmatch(value) is None:
+    canonical = canonical_uuid(value)
+    if canonical is None:
         raise CellError("must be a UUID")
-    return value.lower()
+    return canonical
 
 
 def date(value: str) -> dt.date:
