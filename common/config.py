@@ -115,6 +115,8 @@ class Settings:
     # The key page tokens are signed with; None derives it from the JWT secret
     # (common.pagetoken).
     page_token_secret: bytes | None = None
+    # How long a write's answer is kept under its request id (common.idempotency).
+    request_id_ttl_seconds: int = 86400
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -262,12 +264,15 @@ def load_settings(
         drain_delay = float(env.get("DRAIN_DELAY_SECONDS", "5"))
         pool_size = int(env.get("DB_POOL_SIZE", "10"))
         db_wait = float(env.get("DB_WAIT_SECONDS", "10"))
+        request_id_ttl = int(env.get("REQUEST_ID_TTL_SECONDS", "86400"))
     except ValueError as exc:
         raise ConfigError(f"a numeric setting is not a number: {exc}") from exc
     if workers < 1:
         raise ConfigError("WORKERS must be at least 1")
     if pool_size < 1:
         raise ConfigError("DB_POOL_SIZE must be at least 1")
+    if request_id_ttl < 1:
+        raise ConfigError("REQUEST_ID_TTL_SECONDS must be at least 1")
     for name, seconds in (
         ("SHUTDOWN_GRACE_SECONDS", grace),
         ("DRAIN_DELAY_SECONDS", drain_delay),
@@ -298,6 +303,7 @@ def load_settings(
         drain_delay_seconds=drain_delay,
         db_pool_size=pool_size,
         db_wait_seconds=db_wait,
+        request_id_ttl_seconds=request_id_ttl,
         uvloop=_flag(env, "UVLOOP", default=True),
         limits=load_limits(env),
     )
@@ -395,6 +401,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
         "it is answered UNAVAILABLE; never more than half the time its deadline leaves; "
         "0 answers at once",
         "10",
+    ),
+    Variable(
+        "REQUEST_ID_TTL_SECONDS",
+        "how long a write's answer is kept under its request id (AIP-155) to answer a retry; "
+        "keep it longer than any client retries an operation (the CSV deadline is 300 s); "
+        "expired answers are purged in small batches every few minutes",
+        "86400 (24 h)",
     ),
     Variable("UVLOOP", "`0` runs the standard asyncio loop instead of uvloop", "1"),
     Variable(
