@@ -8,6 +8,7 @@ from academic_years.v1 import academic_years_pb2, academic_years_pb2_grpc
 from grpc import aio
 
 from academic_years_service.limits import response_bounds
+from academic_years_service.repository import REQUEST_IDS
 from academic_years_service.service import AcademicYearsService
 from academic_years_service.servicer import AcademicYearsServicer
 from common.config import Settings
@@ -40,5 +41,6 @@ DEFINITION = ServiceDefinition(
         "classes": "SELECT",
         "timetables": "SELECT",
     },
+    request_ids=(REQUEST_IDS,),
     response_bounds=response_bounds,
 )

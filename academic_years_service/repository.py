@@ -32,14 +32,17 @@ from academic_years_service.statements import (
     sort_key,
 )
 from academic_years_service.tables import academic_years as t
-from academic_years_service.tables import classes, timetables
+from academic_years_service.tables import classes, request_ids, timetables
 from common import keyset
 from common.db import UUID_TYPE, Record, utcnow
 from common.errors import AlreadyExistsError, FailedPreconditionError
+from common.idempotency import RequestIds
 from common.pagination import PageRequest
 from common.repository import TenantRepository
 
 IMPORT_HASH_KEY = "academic_years_org_import_hash_key"
+# Answers kept under request ids, written in the same transactions as these rows.
+REQUEST_IDS = RequestIds(request_ids)
 # Fields an update writes when present (organization has its own rule).
 _WRITABLE = ("name", "start_date", "end_date", "current")
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 
 from common.db import UUID_TYPE, UtcDateTime
+from common.idempotency import request_ids_table
 
 metadata = MetaData()
 
@@ -105,3 +106,6 @@ Index(
 # Get's association queries.
 Index("classes_academic_year_id", classes.c.academic_yearId)
 Index("timetables_academic_year_id", timetables.c.academic_yearId)
+
+# Answers of writes sent with a request id (migration 0005, common.idempotency).
+request_ids = request_ids_table("academic_years_request_ids", metadata)

@@ -146,8 +146,8 @@ def migrate(definition: ServiceDefinition, env: dict[str, str]) -> str:
     upgrade(owner_url, definition.migrations_dir, definition.version_table)
     if role is None:
         return owner_url
-    grants = {**definition.app_grants, definition.version_table: "SELECT"}
-    asyncio.run(grant_app_role(owner_url, role.name, role.password, grants))
+    grants, functions = definition.grants(), definition.functions()
+    asyncio.run(grant_app_role(owner_url, role.name, role.password, grants, functions))
     if named is None:
         return embedded.url_for(embedded.DATABASE, data_dir=data_dir, user=role.name)
     return owner_url

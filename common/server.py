@@ -29,6 +29,7 @@ from common.db.roles import RoleError, serving_risks
 from common.drain import Admission, DrainingHealth
 from common.errormap import ErrorInterceptor
 from common.errors import UnavailableError
+from common.idempotency import APP_PRIVILEGES, Purger, RequestIds
 from common.limits import ResponseBound, check_responses
 from common.metrics import ServerMetrics, metrics_port_for
 from common.tracing import Tracing, from_env
@@ -66,6 +67,18 @@ class ServiceDefinition:
     response_bounds: Callable[[Limits], Sequence[ResponseBound]]
     # The tables its app role is granted, with the privileges (see common.db.roles).
     app_grants: Mapping[str, str] = field(default_factory=dict)
+    # Its stores of answers under request ids (common.idempotency), purged while it serves.
+    request_ids: Sequence[RequestIds] = ()
+
+    def grants(self) -> dict[str, str]:
+        """Every table the app role is granted, with the privileges: `app_grants`, the
+        request-id stores and the version table (read by `serve`)."""
+        stores = {store.table.name: APP_PRIVILEGES for store in self.request_ids}
+        return {**self.app_grants, **stores, self.version_table: "SELECT"}
+
+    def functions(self) -> list[str]:
+        """The functions the app role may run: the stores' purges."""
+        return [store.function for store in self.request_ids]
 
     def check_limits(self, settings: Settings) -> None:
         """ConfigError when a response might outgrow the message limit under `settings`."""
@@ -224,6 +237,9 @@ async def start_server(
     running = RunningServer(
         server, port, health_servicer, db, access_log, admission, metrics=metrics
     )
+    purger = Purger(db, definition.request_ids, settings.request_id_ttl_seconds)
+    purger.start()
+    running.extra_shutdown.append(purger.stop)
     if tracing is not None:
         running.extra_shutdown.append(tracing.shutdown)  # the last calls' spans go out
     if metrics and settings.metrics_addr:

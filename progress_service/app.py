@@ -12,6 +12,7 @@ from common.db import Database
 from common.pagetoken import PageTokens
 from common.server import ServiceDefinition
 from progress_service.limits import response_bounds
+from progress_service.repository import REQUEST_IDS
 from progress_service.service import UserProgressService
 from progress_service.servicer import UserProgressServicer
 
@@ -34,5 +35,6 @@ DEFINITION = ServiceDefinition(
     migrations_dir=Path(__file__).parent / "migrations",
     version_table="alembic_version_progress",
     app_grants={"user_progress": "SELECT, INSERT, UPDATE, DELETE"},
+    request_ids=(REQUEST_IDS,),
     response_bounds=response_bounds,
 )

@@ -24,11 +24,16 @@ from sqlalchemy.dialects.postgresql import Insert, insert
 
 from common import keyset
 from common.db import Record, utcnow
+from common.idempotency import RequestIds
 from common.pagination import PageRequest
 from common.repository import TenantRepository
 from progress_service.domain import UserProgress, UserProgressInput
 from progress_service.limits import DEFAULT_CAPS, ReadCaps
+from progress_service.tables import request_ids
 from progress_service.tables import user_progress as t
+
+# Answers kept under request ids, written in the same transactions as these rows.
+REQUEST_IDS = RequestIds(request_ids)
 
 COLUMNS = (
     t.c.id,

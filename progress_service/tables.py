@@ -16,6 +16,7 @@ from sqlalchemy import (
 )
 
 from common.db import JSON_TYPE, UUID_TYPE, UtcDateTime
+from common.idempotency import request_ids_table
 from progress_service.domain import PROGRESS_TYPE_VALUES
 
 metadata = MetaData()
@@ -75,3 +76,6 @@ Index(
     user_progress.c.id.desc(),
     postgresql_where=LIVE,
 )
+
+# Answers of writes sent with a request id (migration 0004, common.idempotency).
+request_ids = request_ids_table("progress_request_ids", metadata)

@@ -33,10 +33,13 @@ def _params(n: int) -> str:
     return ", ".join(f"${i}::text" for i in range(1, n + 1))
 
 
-async def grant_app_role(url: str, role: str, password: str | None, grants: Grants) -> None:
+async def grant_app_role(
+    url: str, role: str, password: str | None, grants: Grants, functions: Sequence[str] = ()
+) -> None:
     """Creates `role` (LOGIN, no superuser, no BYPASSRLS) when missing, sets its password when
-    one is given, and grants it `grants` and what serving needs (connect, temporary tables for
-    CSV staging, the schema). Repeatable: every `migrate` runs it again. Run as the owner."""
+    one is given, and grants it `grants`, EXECUTE on `functions` (by name: each has one
+    signature) and what serving needs (connect, temporary tables for CSV staging, the schema).
+    Repeatable: every `migrate` runs it again. Run as the owner."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         async with conn.transaction():
@@ -67,6 +70,9 @@ async def grant_app_role(url: str, role: str, password: str | None, grants: Gran
             for table, privileges in grants.items():
                 template = f"GRANT {privileges} ON TABLE %I TO %I"
                 await conn.execute(await _format(conn, template, table, role))
+            for function in functions:
+                template = "GRANT EXECUTE ON FUNCTION %I TO %I"
+                await conn.execute(await _format(conn, template, function, role))
     finally:
         await conn.close()
 

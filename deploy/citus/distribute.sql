@@ -26,3 +26,12 @@ SELECT create_distributed_table('academic_years', 'organizationId')
 WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'academic_years'::regclass);
 SELECT create_distributed_table('user_progress', 'organizationId', colocate_with => 'academic_years')
 WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'user_progress'::regclass);
+
+-- The request-id stores (common.idempotency): keyed by organization like the rest and colocated,
+-- so a write's claim, its rows and its stored answer sit on one node (one transaction there).
+-- Their purge functions delete by ctid, which runs on a shard, not across them: on Citus run
+-- the purge on the shards (docs/scaling.md).
+SELECT create_distributed_table('progress_request_ids', 'organizationId', colocate_with => 'academic_years')
+WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'progress_request_ids'::regclass);
+SELECT create_distributed_table('academic_years_request_ids', 'organizationId', colocate_with => 'academic_years')
+WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'academic_years_request_ids'::regclass);

@@ -17,6 +17,7 @@ from common.db import asyncpg_dsn
 from common.migrations import alembic_config, upgrade
 from common.online_ddl import MigrationRefused
 from tests.support.databases import head_revision
+from tests.support.request_ids import assert_migrated, store
 
 # academic_years_org_name of revision 0001 was replaced by academic_years_org_name_id in 0003.
 INDEXES = {
@@ -234,3 +235,13 @@ def test_an_index_build_left_invalid_is_built_again(scratch_pg: str) -> None:
         )
     )
     assert valid and '("organizationId", start_date, id)' in definition
+
+
+def test_the_request_id_store_comes_and_goes_with_its_revision(scratch_pg: str) -> None:
+    _upgrade(scratch_pg)
+    assert_migrated(asyncio.run(store(scratch_pg, "academic_years_request_ids")))
+    _migrate(scratch_pg, "-1", down=True)
+    assert asyncio.run(store(scratch_pg, "academic_years_request_ids")) is None
+    assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == keys_after_upgrade()
+    _upgrade(scratch_pg)
+    assert_migrated(asyncio.run(store(scratch_pg, "academic_years_request_ids")))

@@ -75,6 +75,8 @@ def test_the_script_places_every_table_and_distributes_ours_by_organization(cata
     assert distributed == {
         "academic_years": ("organizationId", None),
         "user_progress": ("organizationId", "academic_years"),
+        "progress_request_ids": ("organizationId", "academic_years"),
+        "academic_years_request_ids": ("organizationId", "academic_years"),
     }
     tables = {
         name
@@ -205,6 +207,9 @@ def tenant_statements() -> Iterator[tuple[str, Executable]]:
     yield "import id check", ay_csv._taken_statement()
     yield "progress delete", UserProgressRepository._soft_delete_statement(False)
     yield "progress import count", progress_csv._existing_statement()
+    for store in (*PROGRESS.request_ids, *AY.request_ids):
+        yield f"{store.table.name} lookup", store.lookup_statement
+        yield f"{store.table.name} answer", store.keep_statement
 
 
 def test_the_shard_check_sees_a_global_callers_fan_out() -> None:

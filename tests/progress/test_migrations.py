@@ -16,6 +16,7 @@ from common.db import asyncpg_dsn
 from common.migrations import alembic_config, upgrade
 from common.online_ddl import MigrationRefused
 from progress_service.app import DEFINITION
+from tests.support.request_ids import assert_migrated, store
 
 # The original backend's table as Sequelize created it on PostgreSQL (abridged): the
 # organization may be NULL there.
@@ -112,3 +113,14 @@ def test_an_adopted_table_with_rows_of_no_organization_is_refused_until_they_hav
     _upgrade(scratch_pg)
     [keys, [(not_null,)]] = asyncio.run(_sql(scratch_pg, [KEYS, NOT_NULL]))
     assert keys == KEYS_AFTER and not_null
+
+
+def test_the_request_id_store_comes_and_goes_with_its_revision(scratch_pg: str) -> None:
+    _upgrade(scratch_pg)
+    assert_migrated(asyncio.run(store(scratch_pg, "progress_request_ids")))
+    config = alembic_config(scratch_pg, DEFINITION.migrations_dir, DEFINITION.version_table)
+    command.downgrade(config, "0003")
+    assert asyncio.run(store(scratch_pg, "progress_request_ids")) is None
+    assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == KEYS_AFTER  # the rest as 0003 left it
+    _upgrade(scratch_pg)
+    assert_migrated(asyncio.run(store(scratch_pg, "progress_request_ids")))
