@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from academic_years_service import parsing
 from academic_years_service.csv import (
@@ -29,7 +30,7 @@ from academic_years_service.domain import (
     Reference,
     Suggestion,
 )
-from academic_years_service.repository import AcademicYearsRepository
+from academic_years_service.repository import REQUEST_IDS, AcademicYearsRepository
 from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
 from common import pagetoken
 from common.auth import Principal
@@ -39,6 +40,7 @@ from common.csvstream.transfer import export_csv, import_csv
 from common.csvstream.watch import ImportTracker
 from common.db import Database, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
+from common.idempotency import Once, Stored
 from common.limits import clip
 from common.pagetoken import PageTokens
 from common.pagination import DEFAULT_LIMIT, MAX_LIMIT, resolve_pagination
@@ -219,42 +221,75 @@ class AcademicYearsService:
     def _read(self, year: AcademicYear) -> AcademicYear:
         return as_read(year, self._max_references)
 
-    async def create(self, principal: Principal, data: AcademicYearInput) -> AcademicYear:
+    # Each write takes an optional `once`: its request id, under which the answer of the first
+    # call with it is kept, in the write's transaction, and given again to a retry without
+    # writing (common.idempotency).
+
+    async def create(
+        self,
+        principal: Principal,
+        data: AcademicYearInput,
+        once: Once[AcademicYear, Any] | None = None,
+    ) -> AcademicYear | Stored:
         scope = authorize(principal, CREATE)
         values = validate_input(data)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.create(values.id or new_id(), values)
+
+            async def work() -> AcademicYear:
+                return self._read(await uow.repo.create(values.id or new_id(), values))
+
+            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
             await uow.commit()
-        return self._read(year)
+        return answer
 
     async def update(
-        self, principal: Principal, year_id: str, data: AcademicYearInput
-    ) -> AcademicYear:
+        self,
+        principal: Principal,
+        year_id: str,
+        data: AcademicYearInput,
+        once: Once[AcademicYear, Any] | None = None,
+    ) -> AcademicYear | Stored:
         scope = authorize(principal, UPDATE)
         year_id = _id(year_id, "id")
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.update(year_id, values)
-            await uow.commit()
-        if year is None:
-            raise not_found()
-        return self._read(year)
 
-    async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
+            async def work() -> AcademicYear:
+                return self._found(await uow.repo.update(year_id, values))
+
+            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
+            await uow.commit()
+        return answer
+
+    async def delete(
+        self, principal: Principal, year_id: str, once: Once[AcademicYear, Any] | None = None
+    ) -> AcademicYear | Stored:
         scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.soft_delete(year_id)
+
+            async def work() -> AcademicYear:
+                return self._found(await uow.repo.soft_delete(year_id))
+
+            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
             await uow.commit()
+        return answer
+
+    def _found(self, year: AcademicYear | None) -> AcademicYear:
+        """The year as read, or NOT_FOUND (raised inside the unit of work: nothing commits)."""
         if year is None:
             raise not_found()
         return self._read(year)
 
     async def delete_many(
-        self, principal: Principal, year_ids: Sequence[str], old_body_ids: Sequence[str] = ()
-    ) -> int:
+        self,
+        principal: Principal,
+        year_ids: Sequence[str],
+        old_body_ids: Sequence[str] = (),
+        once: Once[int, Any] | None = None,
+    ) -> int | Stored:
         """Soft-deletes `ids` and the old REST body's `data` ids alike."""
         scope = authorize(principal, DELETE)
         if len(year_ids) + len(old_body_ids) > MAX_BATCH_IDS:
@@ -265,10 +300,13 @@ class AcademicYearsService:
         clean = {parsing.uuid(v, field, violations) for field, v in given}
         if violations:
             raise ValidationError(violations)
+        ordered = sorted(i for i in clean if i is not None)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            deleted = await uow.repo.soft_delete_many(sorted(i for i in clean if i is not None))
+            answer = await REQUEST_IDS.run(
+                uow.executor, scope, once, lambda: uow.repo.soft_delete_many(ordered)
+            )
             await uow.commit()
-        return deleted
+        return answer
 
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
         scope = authorize(principal, READ)
@@ -334,28 +372,37 @@ class AcademicYearsService:
         principal: Principal,
         chunks: AsyncIterable[bytes],
         tracker: ImportTracker | None = None,
-    ) -> ImportSummary:
+        once: Once[ImportSummary, Any] | None = None,
+    ) -> ImportSummary | Stored:
         """One year per row in the caller's organization, in file order; nothing is written
-        unless every row is valid. `tracker` follows it for a caller watching."""
+        unless every row is valid. `tracker` follows it for a caller watching. With a request
+        id (`once`), a retry gets the first import's summary without a read."""
         scope = authorize(principal, CREATE)
         scope.writable_organization()
+        if once is not None:
+            chunks = await once.with_head(chunks)
         reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
         async def check(repository: AcademicYearsCsvRepository) -> None:
             if reader.present("id"):
                 await check_ids(repository)
 
-        created = await import_csv(
+        async def apply(repository: AcademicYearsCsvRepository) -> ImportSummary:
+            created = await repository.apply_import()
+            return ImportSummary(reader.rows_read, created, reader.rows_read - created)
+
+        return await import_csv(
             self._db,
             scope,
             AcademicYearsCsvRepository,
             reader,
             STAGING,
-            AcademicYearsCsvRepository.apply_import,
+            apply,
             check=check,
             tracker=tracker,
+            request_ids=REQUEST_IDS,
+            once=once,
         )
-        return ImportSummary(reader.rows_read, created, reader.rows_read - created)
 
     async def export_csv(
         self, principal: Principal, request: FilterRequest, columns: Sequence[str] = ()

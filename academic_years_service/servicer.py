@@ -22,6 +22,7 @@ from academic_years_service.service import AcademicYearsService
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
 from common.csvstream.watch import Report, watch
+from common.idempotency import Once, Stored
 from common.protoconv import optional, timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -89,15 +90,31 @@ def summary_to_proto(summary: ImportSummary) -> pb.ImportCsvSummary:
     )
 
 
-def progress_to_proto(report: Report[ImportSummary]) -> pb.ImportProgress:
+def progress_to_proto(
+    report: Report[ImportSummary | Stored], once: Once[ImportSummary, pb.ImportCsvSummary]
+) -> pb.ImportProgress:
     p = report.progress
     return pb.ImportProgress(
         phase=pb.ImportProgress.Phase.Value(f"PHASE_{p.phase.upper()}"),
         bytes_read=p.bytes_read,
         rows_read=p.rows_read,
         rows_staged=p.rows_staged,
-        summary=None if report.result is None else summary_to_proto(report.result),
+        summary=None if report.result is None else once.answer(report.result),
     )
+
+
+def deleted_to_proto(count: int) -> pb.BatchDeleteAcademicYearsResponse:
+    return pb.BatchDeleteAcademicYearsResponse(deleted_count=count)
+
+
+# The names answers are kept under (common.idempotency); an import's two forms share one.
+CREATE, UPDATE, DELETE = "CreateAcademicYear", "UpdateAcademicYear", "DeleteAcademicYear"
+BATCH_DELETE, IMPORT = "BatchDeleteAcademicYears", "ImportAcademicYearsCsv"
+
+
+def import_once(context: Context) -> Once[ImportSummary, pb.ImportCsvSummary]:
+    metadata = context.invocation_metadata()
+    return Once.streamed(IMPORT, metadata, summary_to_proto, pb.ImportCsvSummary)
 
 
 class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer):
@@ -107,29 +124,33 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def CreateAcademicYear(
         self, request: pb.CreateAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
-        year = await self._service.create(current_principal(), input_from_proto(request.data))
-        return to_proto(year)
+        once = Once.unary(CREATE, request, to_proto, pb.AcademicYear)
+        data = input_from_proto(request.data)
+        return once.answer(await self._service.create(current_principal(), data, once))
 
     async def UpdateAcademicYear(
         self, request: pb.UpdateAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
-        year = await self._service.update(
-            current_principal(), request.id, input_from_proto(request.data)
-        )
-        return to_proto(year)
+        once = Once.unary(UPDATE, request, to_proto, pb.AcademicYear)
+        data = input_from_proto(request.data)
+        return once.answer(await self._service.update(current_principal(), request.id, data, once))
 
     async def DeleteAcademicYear(
         self, request: pb.DeleteAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
-        return to_proto(await self._service.delete(current_principal(), request.id))
+        once = Once.unary(DELETE, request, to_proto, pb.AcademicYear)
+        return once.answer(await self._service.delete(current_principal(), request.id, once))
 
     async def BatchDeleteAcademicYears(
         self, request: pb.BatchDeleteAcademicYearsRequest, context: Context
     ) -> pb.BatchDeleteAcademicYearsResponse:
-        deleted = await self._service.delete_many(
-            current_principal(), list(request.ids), old_body_ids=list(request.data)
+        once = Once.unary(
+            BATCH_DELETE, request, deleted_to_proto, pb.BatchDeleteAcademicYearsResponse
         )
-        return pb.BatchDeleteAcademicYearsResponse(deleted_count=deleted)
+        deleted = await self._service.delete_many(
+            current_principal(), list(request.ids), list(request.data), once
+        )
+        return once.answer(deleted)
 
     async def GetAcademicYear(
         self, request: pb.GetAcademicYearRequest, context: Context
@@ -172,16 +193,20 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
     async def ImportAcademicYearsCsv(
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> pb.ImportCsvSummary:
-        summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
-        return summary_to_proto(summary)
+        once = import_once(context)
+        summary = await self._service.import_csv(
+            current_principal(), body_bytes(request_iterator), once=once
+        )
+        return once.answer(summary)
 
     async def ImportAcademicYearsCsvWithProgress(
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> AsyncIterator[pb.ImportProgress]:
         principal, chunks = current_principal(), body_bytes(request_iterator)
-        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker))
+        once = import_once(context)
+        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker, once))
         async for report in reports:
-            yield progress_to_proto(report)
+            yield progress_to_proto(report, once)
 
     async def ExportAcademicYearsCsv(
         self, request: pb.ListAcademicYearsRequest, context: Context

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import replace
+from functools import partial
+from typing import Any
 
 from common import pagetoken
 from common.auth import Principal
@@ -13,6 +15,7 @@ from common.csvstream.transfer import export_csv, import_csv
 from common.csvstream.watch import ImportTracker
 from common.db import Database
 from common.errors import ValidationError
+from common.idempotency import Once, Stored
 from common.pagetoken import PageTokens
 from common.pagination import resolve_pagination
 from common.tenancy import tenant_scope
@@ -20,7 +23,7 @@ from common.validation import json_problem, text_violations
 from progress_service.csv import CSV_HEADER, STAGING, ProgressCsvRepository, csv_columns
 from progress_service.domain import ImportSummary, Page, UserProgress, UserProgressInput
 from progress_service.limits import TRUNCATABLE, read_caps
-from progress_service.repository import UserProgressRepository
+from progress_service.repository import REQUEST_IDS, UserProgressRepository
 from progress_service.validation import (
     MAX_ITEM_ID_LENGTH,
     check_progress_type,
@@ -55,6 +58,11 @@ def as_read(row: UserProgress, limits: Limits) -> UserProgress:
 LISTING = "progress.v1.UserProgressService/ListUserProgress"
 
 
+async def _upsert(repository: UserProgressRepository, data: UserProgressInput) -> UserProgress:
+    record, _created = await repository.upsert(data)
+    return record
+
+
 class UserProgressService:
     def __init__(
         self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
@@ -66,13 +74,22 @@ class UserProgressService:
         # The app passes the key from the settings; left out (tests, tools), this instance's own.
         self._tokens = tokens or PageTokens.ephemeral()
 
-    async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
+    async def upsert(
+        self,
+        principal: Principal,
+        data: UserProgressInput,
+        once: Once[UserProgress, Any] | None = None,
+    ) -> UserProgress | Stored:
+        """The caller's row, created or updated; with a request id (`once`) the answer of the
+        first call with it, which a retry gets again without writing (common.idempotency)."""
         scope = tenant_scope(principal)
         clean = validate_input(data, self._limits)
         async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
-            record, _created = await uow.repo.upsert(clean)
+            answer = await REQUEST_IDS.run(
+                uow.executor, scope, once, partial(_upsert, uow.repo, clean)
+            )
             await uow.commit()
-        return record
+        return answer
 
     async def list(
         self,
@@ -119,25 +136,35 @@ class UserProgressService:
         principal: Principal,
         chunks: AsyncIterable[bytes],
         tracker: ImportTracker | None = None,
-    ) -> ImportSummary:
+        once: Once[ImportSummary, Any] | None = None,
+    ) -> ImportSummary | Stored:
         """Upserts every row for the caller, the last row of a (type, item) winning; nothing is
-        written unless every row is valid. `tracker` follows it for a caller watching."""
+        written unless every row is valid. `tracker` follows it for a caller watching. With a
+        request id (`once`), a retry gets the first import's summary without a read."""
         scope = tenant_scope(principal)
         scope.writable_organization()
+        if once is not None:
+            chunks = await once.with_head(chunks)
         reader = CsvReader(
             chunks, self._csv_columns, limits=self._limits, label="user_progress import"
         )
-        created, updated = await import_csv(
+
+        async def apply(repository: ProgressCsvRepository) -> ImportSummary:
+            created, updated = await repository.apply_import()
+            skipped = reader.rows_read - created - updated
+            return ImportSummary(reader.rows_read, created, updated, skipped)
+
+        return await import_csv(
             self._db,
             scope,
             ProgressCsvRepository,
             reader,
             STAGING,
-            ProgressCsvRepository.apply_import,
+            apply,
             tracker=tracker,
+            request_ids=REQUEST_IDS,
+            once=once,
         )
-        skipped = reader.rows_read - created - updated
-        return ImportSummary(reader.rows_read, created, updated, skipped)
 
     async def export_csv(
         self, principal: Principal, progress_type: str | None

@@ -12,6 +12,7 @@ from progress.v1 import progress_pb2, progress_pb2_grpc
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
 from common.csvstream.watch import Report, watch
+from common.idempotency import Once, Stored
 from common.protoconv import json_from_value, optional, timestamp, value_from_json
 from progress_service.domain import ImportSummary, UserProgress, UserProgressInput
 from progress_service.service import UserProgressService
@@ -55,15 +56,27 @@ def summary_to_proto(summary: ImportSummary) -> progress_pb2.ImportCsvSummary:
     )
 
 
-def progress_to_proto(report: Report[ImportSummary]) -> progress_pb2.ImportProgress:
+def progress_to_proto(
+    report: Report[ImportSummary | Stored], once: Once[ImportSummary, progress_pb2.ImportCsvSummary]
+) -> progress_pb2.ImportProgress:
     p = report.progress
     return progress_pb2.ImportProgress(
         phase=progress_pb2.ImportProgress.Phase.Value(f"PHASE_{p.phase.upper()}"),
         bytes_read=p.bytes_read,
         rows_read=p.rows_read,
         rows_staged=p.rows_staged,
-        summary=None if report.result is None else summary_to_proto(report.result),
+        summary=None if report.result is None else once.answer(report.result),
     )
+
+
+# The names answers are kept under (common.idempotency); an import's two forms share one.
+UPSERT = "UpsertUserProgress"
+IMPORT = "ImportUserProgressCsv"
+
+
+def import_once(context: Context) -> Once[ImportSummary, progress_pb2.ImportCsvSummary]:
+    metadata = context.invocation_metadata()
+    return Once.streamed(IMPORT, metadata, summary_to_proto, progress_pb2.ImportCsvSummary)
 
 
 class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
@@ -73,8 +86,9 @@ class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
     async def UpsertUserProgress(
         self, request: progress_pb2.UpsertUserProgressRequest, context: Context
     ) -> progress_pb2.UserProgress:
-        record = await self._service.upsert(current_principal(), input_from_proto(request.data))
-        return to_proto(record)
+        once = Once.unary(UPSERT, request, to_proto, progress_pb2.UserProgress)
+        data = input_from_proto(request.data)
+        return once.answer(await self._service.upsert(current_principal(), data, once))
 
     async def ListUserProgress(
         self, request: progress_pb2.ListUserProgressRequest, context: Context
@@ -105,16 +119,20 @@ class UserProgressServicer(progress_pb2_grpc.UserProgressServiceServicer):
     async def ImportUserProgressCsv(
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> progress_pb2.ImportCsvSummary:
-        summary = await self._service.import_csv(current_principal(), body_bytes(request_iterator))
-        return summary_to_proto(summary)
+        once = import_once(context)
+        summary = await self._service.import_csv(
+            current_principal(), body_bytes(request_iterator), once=once
+        )
+        return once.answer(summary)
 
     async def ImportUserProgressCsvWithProgress(
         self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context: Context
     ) -> AsyncIterator[progress_pb2.ImportProgress]:
         principal, chunks = current_principal(), body_bytes(request_iterator)
-        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker))
+        once = import_once(context)
+        reports = watch(lambda tracker: self._service.import_csv(principal, chunks, tracker, once))
         async for report in reports:
-            yield progress_to_proto(report)
+            yield progress_to_proto(report, once)
 
     async def ExportUserProgressCsv(
         self, request: progress_pb2.ExportUserProgressCsvRequest, context: Context

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from common import keyset
 from common.csvstream.export import stream_csv_pages
@@ -12,6 +12,7 @@ from common.csvstream.staging import Staging, stage
 from common.csvstream.watch import CHECKING, DONE, WRITING, ImportTracker
 from common.db import Database
 from common.db.uow import RepositoryFactory
+from common.idempotency import Once, RequestIds, Stored
 from common.tenancy import TenantScope
 from common.tracing import note
 
@@ -29,21 +30,32 @@ async def import_csv(
     *,
     check: Callable[[R], Awaitable[None]] | None = None,
     tracker: ImportTracker | None = None,
-) -> T:
+    request_ids: RequestIds | None = None,
+    once: Once[T, Any] | None = None,
+) -> T | Stored:
     """Streams every row of `reader` into `staging`, then, only if every row was valid and
     `check(repository)` passes, `apply(repository)` writes them; all in one transaction,
-    committed at the end. `tracker` follows it: reading, checking, writing, done."""
+    committed at the end. `tracker` follows it: reading, checking, writing, done. With a
+    request id (`once`), kept in `request_ids`, a retry is answered with the first import's
+    answer before anything is read (common.idempotency)."""
     tracker = tracker or ImportTracker()
     tracker.follow(reader)
     async with db.unit_of_work(scope, repository) as uow:
-        await stage(uow.executor, staging, tracker.staged(reader.rows()))
-        note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
-        tracker.phase = CHECKING
-        reader.raise_if_invalid()
-        if check is not None:
-            await check(uow.repo)
-        tracker.phase = WRITING
-        result = await apply(uow.repo)
+
+        async def work() -> T:
+            await stage(uow.executor, staging, tracker.staged(reader.rows()))
+            note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
+            tracker.phase = CHECKING
+            reader.raise_if_invalid()
+            if check is not None:
+                await check(uow.repo)
+            tracker.phase = WRITING
+            return await apply(uow.repo)
+
+        if request_ids is None:
+            result: T | Stored = await work()
+        else:
+            result = await request_ids.run(uow.executor, scope, once, work)
         await uow.commit()
     tracker.phase = DONE
     return result

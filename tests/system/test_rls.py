@@ -24,11 +24,13 @@ from academic_years_service.app import DEFINITION as AY_DEFINITION
 from academic_years_service.tables import academic_years
 from common.auth import Principal
 from common.db import Database, UnitOfWork, asyncpg_dsn
+from common.idempotency import APP_PRIVILEGES
 from common.migrations import upgrade
 from common.server import RunningServer, start_server
 from common.tenancy import tenant_scope
 from progress_service.app import DEFINITION
-from progress_service.tables import user_progress
+from progress_service.repository import REQUEST_IDS
+from progress_service.tables import request_ids, user_progress
 from tests.conftest import test_settings as settings_for
 from tests.support.callers import Caller, new_uuid
 
@@ -90,6 +92,14 @@ async def app_url(postgres_url: str) -> AsyncIterator[str]:
         f'GRANT SELECT, INSERT, UPDATE, DELETE ON academic_years TO "{role}"',
         f'GRANT SELECT ON organizations, classes, timetables TO "{role}"',
         f'GRANT SELECT ON {AY_DEFINITION.version_table} TO "{role}"',
+        *(
+            grant
+            for store in (*DEFINITION.request_ids, *AY_DEFINITION.request_ids)
+            for grant in (
+                f'GRANT {APP_PRIVILEGES} ON {store.table.name} TO "{role}"',
+                f'GRANT EXECUTE ON FUNCTION {store.function} TO "{role}"',
+            )
+        ),
     )
     try:
         yield as_user(postgres_url, role, password)
@@ -438,3 +448,36 @@ async def test_academic_years_csv_runs_as_the_app_role(app_url: str, years: dict
     finally:
         await channel.close()
         await running.shutdown(1.0)
+
+
+async def test_request_ids_are_each_callers_own_and_purged_across_tenants(
+    app_server: tuple[RunningServer, aio.Channel],
+    app_db: Database,
+    owner_db: Database,
+    world: dict[str, Caller],
+) -> None:
+    stub = progress_pb2_grpc.UserProgressServiceStub(app_server[1])
+    data = pb.UserProgressInput(progress_type="sign_learned", item_id="with-id", value="v")
+    me, stranger = world["me"], world["stranger"]
+    mine = new_uuid()
+    async with unit(owner_db) as uow:
+        await uow.executor.execute(request_ids.delete())  # other modules' answers
+        await uow.commit()
+    for caller, rid in ((me, mine), (stranger, new_uuid())):
+        request = pb.UpsertUserProgressRequest(data=data, request_id=rid)
+        first = await stub.UpsertUserProgress(request, metadata=caller.md)
+        assert await stub.UpsertUserProgress(request, metadata=caller.md) == first
+    # The claim, the lookup and the stored answer all passed the policy; an unfiltered read
+    # of the store sees the caller's own ids only, and no tenant named sees none.
+    async with unit(app_db, principal(me)) as uow:
+        seen = await uow.executor.rows(text('SELECT "requestId" FROM progress_request_ids'))
+    assert [row["requestId"] for row in seen] == [mine]
+    async with unit(app_db) as uow:
+        assert await uow.executor.rows(text("SELECT 1 FROM progress_request_ids")) == []
+    # The purge, run as the app role, reaches every tenant's expired answers.
+    async with unit(owner_db) as uow:
+        await uow.executor.execute(
+            request_ids.update().values(createdAt=text("now() - interval '2 days'"))
+        )
+        await uow.commit()
+    assert await REQUEST_IDS.purge(app_db, ttl_seconds=86400) == 2
