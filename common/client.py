@@ -11,6 +11,10 @@ Two configs, because a service config names methods and cannot look inside a req
   AIP-155, or `request-id` metadata on the CSV imports), whose replay the server answers with
   the stored response. Use it only in a client that sends one on every such write: a new UUID
   per operation, the same one on each attempt of it (gRPC's retries resend the same message).
+  `channel(..., request_ids=True)` does that itself: its interceptors give every such write
+  sent without an id a fresh UUID4, once per call, below which gRPC's retries resend it.
+  A caller that retries an operation itself (after a deadline, or a restart) sets the id on
+  the request, and sends the same one again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -97,6 +102,80 @@ def service_config(*, request_ids: bool = False) -> dict[str, Any]:
     }
 
 
+def _method(details: aio.ClientCallDetails) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else method
+
+
+def _paths(kind: str) -> frozenset[str]:
+    return frozenset(f"/{n['service']}/{n['method']}" for n in _names(kind))
+
+
+# The methods that take a request id: a field of the request, or metadata of a stream.
+WRITE_PATHS, IMPORT_PATHS = _paths("write"), _paths("import")
+
+
+def _lacks_id(request: Any) -> bool:
+    """A message whose request_id is empty (a raw call's bytes have none to fill in)."""
+    return getattr(request, "request_id", None) == ""
+
+
+class _UnaryRequestIds(aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """A write whose `request_id` is empty goes out with a fresh one (the caller's message is
+    copied, not changed: it may be sent again as another operation)."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: aio.ClientCallDetails, request: Any
+    ) -> Any:
+        if _method(details) in WRITE_PATHS and _lacks_id(request):
+            sent = type(request)()
+            sent.CopyFrom(request)
+            sent.request_id = str(uuid.uuid4())
+            request = sent
+        return await continuation(details, request)
+
+
+def _with_request_id(details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+    """An import's call details with `request-id` metadata, unless it carries one."""
+    metadata = tuple(details.metadata or ())
+    if _method(details) not in IMPORT_PATHS or any(key == "request-id" for key, _ in metadata):
+        return details
+    with_id = aio.Metadata.from_tuple((*metadata, ("request-id", str(uuid.uuid4()))))
+    return aio.ClientCallDetails(
+        details.method, details.timeout, with_id, details.credentials, details.wait_for_ready
+    )
+
+
+class _StreamRequestIds(aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    """An import without `request-id` metadata goes out with a fresh one."""
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        details: aio.ClientCallDetails,
+        requests: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        return await continuation(_with_request_id(details), requests)
+
+
+class _WatchedRequestIds(aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    """The same for the imports that report their progress."""
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        details: aio.ClientCallDetails,
+        requests: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        return await continuation(_with_request_id(details), requests)
+
+
+def request_id_interceptors() -> list[Any]:
+    """Interceptors that give each write taking a request id, sent without one, a new UUID4
+    once per call, so that every attempt gRPC makes of it carries the same id."""
+    return [_UnaryRequestIds(), _StreamRequestIds(), _WatchedRequestIds()]
+
+
 def channel(
     target: str,
     credentials: grpc.ChannelCredentials | None = None,
@@ -109,7 +188,10 @@ def channel(
 
     `target` may name several replicas, `ipv4:10.0.0.1:50051,10.0.0.2:50051`, or a DNS name
     that resolves to each of them (`dns:///progress.school.svc:50051`, e.g. a headless
-    Kubernetes Service); calls are spread over those that are up and SERVING."""
+    Kubernetes Service); calls are spread over those that are up and SERVING.
+
+    `request_ids`: the config that retries writes too, and interceptors that give each write
+    sent without a request id a new one (`request_id_interceptors`)."""
     chosen = service_config(request_ids=request_ids) if config is None else config
     opts = [
         ("grpc.service_config", json.dumps(chosen)),
@@ -120,9 +202,10 @@ def channel(
         ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_SECONDS * 1000),
         *options,
     ]
+    interceptors = request_id_interceptors() if request_ids else None
     if credentials is None:
-        return aio.insecure_channel(target, options=opts)
-    return aio.secure_channel(target, credentials, options=opts)
+        return aio.insecure_channel(target, options=opts, interceptors=interceptors)
+    return aio.secure_channel(target, credentials, options=opts, interceptors=interceptors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""A TCP proxy in front of PostgreSQL that a test can turn off and on: a database outage in
-milliseconds, without restarting a server (tests/support/pgcluster.py does the real thing)."""
+"""A TCP proxy in front of PostgreSQL (or a gRPC server) that a test can turn off and on: a
+database outage in milliseconds, without restarting a server (tests/support/pgcluster.py does
+the real thing); or a connection whose answers are lost on the way back."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.is_up = True
+        # While set, what the server sends back is dropped (a connection that goes on sending
+        # but whose answers are lost); cut it (`down`) before letting answers through again.
+        self.dropping_answers = False
         self.refused = 0
         self.port = 0
 
@@ -72,16 +76,21 @@ class TcpProxy:
             return
         self._open |= {writer, up_writer}
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer, answers=True)
+            )
         finally:
             self._open -= {writer, up_writer}
             for end in (writer, up_writer):
                 end.transport.abort()
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool = False
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await source.read(65536):
+                if answers and self.dropping_answers:
+                    continue
                 sink.write(data)
                 await sink.drain()
         sink.transport.abort()

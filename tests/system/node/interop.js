@@ -2,14 +2,21 @@
 // loaded at run time by @grpc/proto-loader. Prints one JSON object with what came back.
 //
 //   node tests/system/node/interop.js <protos dir> <googleapis include dir> <progress addr> <academic years addr>
-// The bearer token comes from the TOKEN environment variable.
+//   node tests/system/node/interop.js retry <protos dir> <googleapis include dir> <academic years addr>
+// The bearer token comes from the TOKEN environment variable. `retry` creates a year with a
+// request id on a channel carrying the service config in SERVICE_CONFIG (the output of
+// `python -m common.client --request-ids`), which retries it when its answer is lost.
 'use strict';
 
+const crypto = require('node:crypto');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const [protosDir, googleapisDir, progressAddr, academicYearsAddr] = process.argv.slice(2);
+const retrying = process.argv[2] === 'retry';
+const args = process.argv.slice(retrying ? 3 : 2);
+const [protosDir, googleapisDir] = args;
+const [progressAddr, academicYearsAddr] = retrying ? [null, args[2]] : args.slice(2);
 const token = process.env.TOKEN;
 
 function load(file) {
@@ -58,10 +65,29 @@ async function academicYears(out) {
   client.close();
 }
 
+// A write the service config may retry: one request id for the operation, sent on every
+// attempt (gRPC's retries resend the same message), and sent again here by hand, as a caller
+// that gave up and tries the operation again would.
+async function retriedCreate(out, address) {
+  const { academic_years: { v1 } } = load('academic_years/v1/academic_years.proto');
+  const client = new v1.AcademicYearsService(address, grpc.credentials.createInsecure(), {
+    'grpc.service_config': process.env.SERVICE_CONFIG,
+  });
+  const request = { data: { name: 'retried' }, request_id: crypto.randomUUID() };
+  out.requestId = request.request_id;
+  out.retried = await call(client, 'CreateAcademicYear', request);
+  out.again = await call(client, 'CreateAcademicYear', request);
+  client.close();
+}
+
 async function main() {
   const out = {};
-  await progress(out);
-  await academicYears(out);
+  if (retrying) {
+    await retriedCreate(out, academicYearsAddr);
+  } else {
+    await progress(out);
+    await academicYears(out);
+  }
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
