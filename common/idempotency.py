@@ -61,7 +61,8 @@ log = logging.getLogger("idempotency")
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 
-FIELD = "request_id"
+# A violation names the field as a REST caller spells it: its JSON name (as every field here).
+FIELD = "requestId"
 METADATA_KEY = "request-id"
 # A caller without an organization (global access) keys its ids under this one.
 NO_ORGANIZATION = "00000000-0000-0000-0000-000000000000"

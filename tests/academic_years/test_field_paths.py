@@ -100,6 +100,24 @@ CASES = {
     (f"{AY}.ListAcademicYearsRequest", "page_token"): Case(
         ("ListAcademicYears",), lambda: pb.ListAcademicYearsRequest(page_token="x"), "pageToken"
     ),
+    **{
+        (f"{AY}.{name}Request", "request_id"): Case(
+            (name,), lambda request=request: request(request_id="not-a-uuid"), "requestId"
+        )
+        for name, request in (
+            ("CreateAcademicYear", pb.CreateAcademicYearRequest),
+            ("UpdateAcademicYear", pb.UpdateAcademicYearRequest),
+            ("DeleteAcademicYear", pb.DeleteAcademicYearRequest),
+            ("BatchDeleteAcademicYears", pb.BatchDeleteAcademicYearsRequest),
+        )
+    },
+    ("progress.v1.UpsertUserProgressRequest", "request_id"): Case(
+        ("UpsertUserProgress",),
+        lambda: progress_pb2.UpsertUserProgressRequest(request_id="not-a-uuid"),
+        "requestId",
+        caller=Caller,
+        service="progress",
+    ),
     ("progress.v1.ListUserProgressRequest", "page_token"): Case(
         ("ListUserProgress",),
         lambda: progress_pb2.ListUserProgressRequest(progress_type="sign_learned", page_token="x"),

@@ -178,7 +178,7 @@ async def test_a_reused_or_malformed_id_is_invalid_argument_naming_it(
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert [field for field, _ in error.violations] == ["request_id"]
+    assert [field for field, _ in error.violations] == ["requestId"]
     assert error.reason == ("REQUEST_ID_REUSED" if rid is None else "INVALID_ARGUMENT")
     assert await years(academic_years) == 1
 

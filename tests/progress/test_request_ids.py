@@ -60,7 +60,7 @@ async def test_the_same_id_with_another_upsert_is_invalid(progress: Harness) -> 
     )
     assert error.reason == "REQUEST_ID_REUSED"
     assert error.violations == [
-        ("request_id", "was used for a different request: send a new id for a new operation")
+        ("requestId", "was used for a different request: send a new id for a new operation")
     ]
     assert await rows(progress) == [("a", "one")]
 

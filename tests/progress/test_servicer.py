@@ -14,6 +14,7 @@ from google.protobuf import json_format, struct_pb2
 from progress.v1 import progress_pb2 as pb
 
 from common.auth import Principal, bind_principal
+from common.idempotency import Once, RequestKey, Stored
 from progress_service.domain import Page, UserProgress, UserProgressInput
 from progress_service.servicer import UserProgressServicer
 from tests.support.callers import new_uuid
@@ -43,13 +44,18 @@ def _record(**overrides: Any) -> UserProgress:
 
 
 class FakeService:
-    def __init__(self, record: UserProgress) -> None:
+    def __init__(self, record: UserProgress, stored: Stored | None = None) -> None:
         self.record = record
+        self.stored = stored  # what a replayed upsert answers
         self.calls: list[tuple[str, Any]] = []
+        self.request_ids: list[RequestKey | None] = []
 
-    async def upsert(self, principal: Principal, data: UserProgressInput) -> UserProgress:
+    async def upsert(
+        self, principal: Principal, data: UserProgressInput, once: Once[Any, Any]
+    ) -> UserProgress | Stored:
         self.calls.append(("upsert", (principal, data)))
-        return self.record
+        self.request_ids.append(once.key)
+        return self.stored or self.record
 
     async def list(self, principal: Principal, *args: Any) -> Page:
         self.calls.append(("list", (principal, *args)))
@@ -60,8 +66,10 @@ class FakeService:
         return 1
 
 
-def _servicer(record: UserProgress) -> tuple[UserProgressServicer, FakeService]:
-    fake = FakeService(record)
+def _servicer(
+    record: UserProgress, stored: Stored | None = None
+) -> tuple[UserProgressServicer, FakeService]:
+    fake = FakeService(record, stored)
     bind_principal(PRINCIPAL)
     return UserProgressServicer(fake), fake  # type: ignore[arg-type]
 
@@ -97,6 +105,33 @@ async def test_absent_optionals_stay_absent_on_the_wire() -> None:
     for field in ("value", "score", "metadata", "campus_id"):
         assert not reply.HasField(field)
     assert json_format.MessageToDict(reply)["progress_type"] == "zone_checkin"
+
+
+async def test_upsert_hands_its_request_id_down_and_answers_a_stored_reply_as_it_was() -> None:
+    kept = pb.UserProgress(id=new_uuid(), item_id="first", value="as stored")
+    servicer, fake = _servicer(_record(), Stored(kept.SerializeToString()))
+    request_id = new_uuid().upper()
+    request = pb.UpsertUserProgressRequest(
+        data=pb.UserProgressInput(progress_type="sign_learned", item_id="a"),
+        request_id=request_id,
+    )
+    reply = await servicer.UpsertUserProgress(request, None)  # type: ignore[arg-type]
+    assert reply == kept
+    [key] = fake.request_ids
+    assert key is not None and (key.method, key.request_id) == (
+        "UpsertUserProgress",
+        request_id.lower(),
+    )
+    # The digest is of the request: another request under the same id has another one.
+    other = pb.UpsertUserProgressRequest(data=request.data, request_id=request_id)
+    other.data.item_id = "b"
+    await servicer.UpsertUserProgress(other, None)  # type: ignore[arg-type]
+    await servicer.UpsertUserProgress(request, None)  # type: ignore[arg-type]
+    digests = [k.digest for k in fake.request_ids if k is not None]
+    assert digests[0] != digests[1] and digests[0] == digests[2]
+    request.request_id = ""
+    await servicer.UpsertUserProgress(request, None)  # type: ignore[arg-type]
+    assert fake.request_ids[-1] is None
 
 
 async def test_list_and_delete_translate_arguments_and_results() -> None:
