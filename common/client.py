@@ -146,28 +146,26 @@ def _with_request_id(details: aio.ClientCallDetails) -> aio.ClientCallDetails:
     )
 
 
+async def _import_with_id(
+    self: Any,
+    continuation: Callable[..., Any],
+    details: aio.ClientCallDetails,
+    requests: AsyncIterable[Any] | Iterable[Any],
+) -> Any:
+    return await continuation(_with_request_id(details), requests)
+
+
 class _StreamRequestIds(aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     """An import without `request-id` metadata goes out with a fresh one."""
 
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[..., Any],
-        details: aio.ClientCallDetails,
-        requests: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        return await continuation(_with_request_id(details), requests)
+    intercept_stream_unary = _import_with_id  # type: ignore[assignment]
 
 
 class _WatchedRequestIds(aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    """The same for the imports that report their progress."""
+    """The same for the imports that report their progress (gRPC takes one interceptor class
+    per kind of call)."""
 
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        details: aio.ClientCallDetails,
-        requests: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        return await continuation(_with_request_id(details), requests)
+    intercept_stream_stream = _import_with_id  # type: ignore[assignment]
 
 
 def request_id_interceptors() -> list[Any]:
