@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,9 +85,12 @@ def list_skip_calls(ids: Identities, users: int) -> CallBuilder:
     return build
 
 
-def upsert_calls(ids: Identities, users: int, items: int) -> CallBuilder:
+def upsert_calls(
+    ids: Identities, users: int, items: int, *, request_ids: bool = False
+) -> CallBuilder:
     """Random items over many users; each run gets its own item names, so every target sees
-    the same mix of inserts and updates."""
+    the same mix of inserts and updates. With `request_ids`, every call carries a new request
+    id (each is a first call: its claim and its answer are written with the row)."""
 
     def build(run: int, count: int) -> list[Call]:
         rng = random.Random(11)
@@ -98,7 +102,8 @@ def upsert_calls(ids: Identities, users: int, items: int) -> CallBuilder:
                     item_id=f"run{run}-item-{rng.randrange(items)}",
                     value="learned",
                     score=rng.randrange(100),
-                )
+                ),
+                request_id=str(uuid.uuid4()) if request_ids else "",
             )
             calls.append(
                 Call(

@@ -56,14 +56,40 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
         met = value is not None and (value >= limit if at_least else value <= limit)
         checks.append({"target": name, "value": value, "limit": limit, "met": met})
 
+    def compare(
+        name: str,
+        over: tuple[str, str],
+        under: tuple[str, str],
+        key: str,
+        limit: float,
+        at_least: bool,
+    ) -> None:
+        """`over`'s `key` / `under`'s (each a (case, target)), when both were measured."""
+        a, b = by.get(over), by.get(under)
+        if a and b and b[key]:
+            add(name, round(a[key] / b[key], 3), limit, at_least)
+
     for case in ("progress.upsert", "progress.list@1M"):
         row = by.get((case, "service"))
         if row:
             add(f"{case} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
             add(f"{case} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
-    big, small = by.get(("progress.list@1M", "service")), by.get(("progress.list@10k", "service"))
-    if big and small and small["p50_ms"]:
-        add("list p50 at 1M / p50 at 10k", round(big["p50_ms"] / small["p50_ms"], 3), 1.5, False)
+    compare(
+        "progress.upsert+request-id rps / progress.upsert rps",
+        ("progress.upsert+request-id", "service"),
+        ("progress.upsert", "service"),
+        "rps",
+        0.85,
+        True,
+    )
+    compare(
+        "list p50 at 1M / p50 at 10k",
+        ("progress.list@1M", "service"),
+        ("progress.list@10k", "service"),
+        "p50_ms",
+        1.5,
+        False,
+    )
     connections = [r["db_connections"] for r in summary if r["target"] == "service"]
     if any(c is not None for c in connections):
         most = max(c for c in connections if c is not None)
@@ -74,29 +100,32 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             add(f"{row['case']} rps / baseline rps", row["rps_vs_baseline"], 0.8, True)
             add(f"{row['case']} p99 / baseline p99", row["p99_vs_baseline"], 1.5, False)
-    named, before = (
-        by.get(("ay.list-name-filter", "service")),
-        by.get(("ay.list-name-filter", "before")),
+    compare(
+        "ay.list-name-filter rps / before rps",
+        ("ay.list-name-filter", "service"),
+        ("ay.list-name-filter", "before"),
+        "rps",
+        5,
+        True,
     )
-    if named and before and before["rps"]:
-        add("ay.list-name-filter rps / before rps", round(named["rps"] / before["rps"], 3), 5, True)
-    first, last = (
-        by.get(("page.first@deep", "service")),
-        by.get(("page.last-token@deep", "service")),
+    compare(
+        "last page by page_token p50 / first page p50",
+        ("page.last-token@deep", "service"),
+        ("page.first@deep", "service"),
+        "p50_ms",
+        1.5,
+        False,
     )
-    if first and last and first["p50_ms"]:
-        ratio = round(last["p50_ms"] / first["p50_ms"], 3)
-        add("last page by page_token p50 / first page p50", ratio, 1.5, False)
     return checks
 
 
 def print_table(summary: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
-    head = f"{'case':<22} {'target':<18} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    head = f"{'case':<26} {'target':<18} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
     head += f" {'cpu us/req':>10} {'rps/base':>8} {'p99/base':>8} {'errors':>6} {'conns':>5}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in summary:
         print(
-            f"{r['case']:<22} {r['target']:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
+            f"{r['case']:<26} {r['target']:<18} {r['rps']:>9.1f} {r['p50_ms']:>8.2f}"
             f" {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>10.1f} {r['rps_vs_baseline'] or 0:>8.3f}"
             f" {r['p99_vs_baseline'] or 0:>8.3f} {r['errors']:>6}"
             f" {r['db_connections'] if r['db_connections'] is not None else '-':>5}"

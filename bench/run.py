@@ -109,7 +109,7 @@ class Bench:
         )
         self.records.append(record)
         print(
-            f"  {case:<22} {record.target:<18} round {rnd}: {record.rps:8.1f} rps"
+            f"  {case:<26} {record.target:<18} round {rnd}: {record.rps:8.1f} rps"
             f"  p50 {record.p50_ms:7.2f} ms  p99 {record.p99_ms:7.2f} ms"
             f"  cpu {record.server_cpu_us_per_req:7.1f} us/req"
             f"  errors {sum(result.errors.values())}"
@@ -126,13 +126,21 @@ class Bench:
     ) -> None:
         """Every target (or those in `only`) once per round; the order rotates so none always
         goes first."""
-        if not self.selected(name):
-            return
+        await self.side_by_side(service, [(name, build, only)])
+
+    async def side_by_side(
+        self, service: str, cases: list[tuple[str, CallBuilder, tuple[str, ...]]]
+    ) -> None:
+        """Cases (name, calls, targets as in `case`) taking turns within each round, so that
+        their ratio is measured on the same minutes of the machine."""
+        chosen = [case for case in cases if self.selected(case[0])]
         for rnd in range(self.options.rounds):
-            names = [n for n in self.targets if not only or n in only]
-            shift = rnd % len(names)
-            for target in names[shift:] + names[:shift]:
-                await self.measure(name, target, self.targets[target][service], build, rnd)
+            shift = rnd % max(len(chosen), 1)
+            for name, build, only in chosen[shift:] + chosen[:shift]:
+                names = [n for n in self.targets if not only or n in only]
+                turn = rnd % len(names)
+                for target in names[turn:] + names[:turn]:
+                    await self.measure(name, target, self.targets[target][service], build, rnd)
 
 
 class ConnectionSampler:
@@ -324,8 +332,19 @@ async def _run_in(
     big_rows = await data.count_rows(dsn, "user_progress")
     print(f"list on {big_rows} rows", flush=True)
     await bench.case("progress.list@1M", "progress", list_calls(ids, o.list_users))
-    await bench.case(
-        "progress.upsert", "progress", upsert_calls(ids, o.upsert_users, o.upsert_items)
+    # The upsert with a request id on every call runs beside the one without, round by round,
+    # on the services (the baseline has no request ids): their ratio is the ids' cost.
+    services = tuple(name for name in bench.targets if name != "baseline")
+    await bench.side_by_side(
+        "progress",
+        [
+            ("progress.upsert", upsert_calls(ids, o.upsert_users, o.upsert_items), ()),
+            (
+                "progress.upsert+request-id",
+                upsert_calls(ids, o.upsert_users, o.upsert_items, request_ids=True),
+                services,
+            ),
+        ],
     )
     ay_ids = Identities(org_of=lambda _user: data.ay_org_id(0), permissions=AY_PERMISSIONS)
     await bench.case("ay.list-name-filter", "ay", ay_list_calls(ay_ids))

@@ -29,11 +29,17 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
     cases |= {"ay.list-name-filter", "ay.get-associations"}
     pairs = {(row["case"], row["target"]) for row in result["summary"]}
     assert pairs >= {(case, target) for case in cases for target in ("baseline", "service")}
+    # Request ids on every upsert, beside the upsert without, on the service only.
+    assert ("progress.upsert+request-id", "service") in pairs
+    assert ("progress.upsert+request-id", "baseline") not in pairs
     for run in result["runs"]:
         assert run["requests"] == result["config"]["requests"]
         assert run["errors"] == {}
         assert run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
     assert result["config"]["big_table_rows"] > result["config"]["small_table_rows"] > 0
-    assert {check["target"] for check in result["targets"]} >= {"list p50 at 1M / p50 at 10k"}
+    assert {check["target"] for check in result["targets"]} >= {
+        "list p50 at 1M / p50 at 10k",
+        "progress.upsert+request-id rps / progress.upsert rps",
+    }
     assert "rps/base" in done.stdout
