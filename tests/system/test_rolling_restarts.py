@@ -2,11 +2,14 @@
 
 Two replicas of each service, as `python -m <service> serve` processes, on one private
 PostgreSQL (tests/support/pgcluster.py); 16 callers mixing reads and writes through the
-project's client config (common.client: round robin over both replicas, health checks, and
-the config for callers that send request ids, which retries writes). Until requests carry a
-`request_id`, the retried writes are ones that are idempotent by nature: an upsert of a fixed
-key to a fixed value, an update of a fixed field to a fixed value. The numbers each run
-prints are in docs/operations.md (`make test-faults PYTEST_ARGS=-s` shows them).
+project's client config (common.client: round robin over both replicas, health checks, the
+config that retries writes, and the interceptors that give every write a request id). The
+writes are not idempotent by nature: each upsert writes a new value, each update a new name,
+and the academic-years callers create a year on every round, during the faults too. Every
+acknowledged write must be stored exactly once: each create's year once (no year the callers
+did not get an answer for, none twice), each acknowledged upsert's and update's value, and one
+kept answer per acknowledged write. The numbers each run prints are in docs/operations.md
+(`make test-faults PYTEST_ARGS=-s` shows them).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from sqlalchemy import select
 
 from academic_years_service.app import DEFINITION as ACADEMIC_YEARS
 from academic_years_service.tables import academic_years
+from academic_years_service.tables import request_ids as ay_request_ids
 from bench.scratch import free_port
 from common import client
 from common.db import Database
 from common.migrations import upgrade
 from progress_service.app import DEFINITION as PROGRESS
+from progress_service.tables import request_ids as progress_request_ids
 from progress_service.tables import user_progress
 from tests.support.academic_years import staff
 from tests.support.callers import Caller
@@ -46,7 +51,7 @@ from tests.support.processes import ServiceProcess, spawn_service
 pytestmark = [pytest.mark.asyncio, pytest.mark.faults]
 
 CALLERS_PER_SERVICE = 8
-KEYS = 5  # each progress caller upserts these items, each always to the same value
+KEYS = 5  # each progress caller upserts these items in turn, each time to a new value
 DRAIN = {"DRAIN_DELAY_SECONDS": "1", "SHUTDOWN_GRACE_SECONDS": "10"}
 MODULES = {"progress": "progress_service", "academic_years": "academic_years_service"}
 
@@ -140,7 +145,10 @@ class Load:
         self.failed: list[tuple[str, str, str]] = []
         self.upserted: dict[tuple[str, str], str] = {}  # (user, item) -> value
         self.renamed: dict[str, str] = {}  # year id -> name
+        self.created: dict[str, list[str]] = {}  # organization -> acknowledged year ids
+        self.writes: Counter[str] = Counter()  # acknowledged writes, by method
         self.organizations: set[str] = set()
+        self.users: set[str] = set()  # the progress callers
         self._stop = asyncio.Event()
         self._answered = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,13 +157,13 @@ class Load:
         years = academic_years_pb2_grpc.AcademicYearsServiceStub(self._years)
         owners = [staff() for _ in range(CALLERS_PER_SERVICE)]
         self.organizations = {str(owner.org) for owner in owners}
-        created = [  # before any fault: a Create is not idempotent without a request id
-            await years.CreateAcademicYear(
-                ay_pb.CreateAcademicYearRequest(data=ay_pb.AcademicYearInput(name="first")),
-                metadata=owner.md,
-            )
-            for owner in owners
-        ]
+        created = []
+        for owner in owners:
+            first = ay_pb.CreateAcademicYearRequest(data=ay_pb.AcademicYearInput(name="first"))
+            year = await years.CreateAcademicYear(first, metadata=owner.md)
+            self.created[str(owner.org)] = [year.id]
+            self.writes["Create"] += 1
+            created.append(year)
         self._tasks = [
             *(asyncio.create_task(self._progress_caller()) for _ in owners),
             *(
@@ -190,28 +198,42 @@ class Load:
         self._answered.set()
         return answer
 
+    async def _write(self, method: str, call: Any) -> Any:
+        """A write (its request id given by the channel); counted when acknowledged."""
+        answer = await self._call(method, call)
+        if answer is not None:
+            self.writes[method] += 1
+        return answer
+
     async def _progress_caller(self) -> None:
         stub = progress_pb2_grpc.UserProgressServiceStub(self._progress)
         caller, n = Caller(), 0
+        self.users.add(caller.sub)
         while not self._stop.is_set():
-            item = f"k{n % KEYS}"
+            item, value = f"k{n % KEYS}", f"value {n}"
             request = pb.UpsertUserProgressRequest(
-                data=pb.UserProgressInput(
-                    progress_type="sign_learned", item_id=item, value=f"value of {item}"
-                )
+                data=pb.UserProgressInput(progress_type="sign_learned", item_id=item, value=value)
             )
-            if await self._call("Upsert", stub.UpsertUserProgress(request, metadata=caller.md)):
-                self.upserted[(caller.sub, item)] = f"value of {item}"
+            if await self._write("Upsert", stub.UpsertUserProgress(request, metadata=caller.md)):
+                self.upserted[(caller.sub, item)] = value
             listing = pb.ListUserProgressRequest(progress_type="sign_learned")
             await self._call("List", stub.ListUserProgress(listing, metadata=caller.md))
             n += 1
 
     async def _years_caller(self, owner: Caller, year: str) -> None:
         stub = academic_years_pb2_grpc.AcademicYearsServiceStub(self._years)
-        name = f"renamed {year}"
-        update = ay_pb.UpdateAcademicYearRequest(id=year, data=ay_pb.AcademicYearInput(name=name))
+        n = 0
         while not self._stop.is_set():
-            if await self._call("Update", stub.UpdateAcademicYear(update, metadata=owner.md)):
+            name = f"year {n}"
+            create = ay_pb.CreateAcademicYearRequest(data=ay_pb.AcademicYearInput(name=name))
+            made = await self._write("Create", stub.CreateAcademicYear(create, metadata=owner.md))
+            if made is not None:
+                self.created[str(owner.org)].append(made.id)
+            name = f"renamed {n}"
+            update = ay_pb.UpdateAcademicYearRequest(
+                id=year, data=ay_pb.AcademicYearInput(name=name)
+            )
+            if await self._write("Update", stub.UpdateAcademicYear(update, metadata=owner.md)):
                 self.renamed[year] = name
             get = ay_pb.GetAcademicYearRequest(id=year)
             await self._call("Get", stub.GetAcademicYear(get, metadata=owner.md))
@@ -219,6 +241,7 @@ class Load:
                 "Count",
                 stub.CountAcademicYears(ay_pb.ListAcademicYearsRequest(), metadata=owner.md),
             )
+            n += 1
 
     async def stop(self) -> None:
         self._stop.set()
@@ -241,6 +264,10 @@ async def every_ack_stored_once(url: str, load: Load) -> None:
                     academic_years.c.organizationId,
                 )
             )
+            kept_years = await uow.executor.rows(
+                select(ay_request_ids.c.method, ay_request_ids.c.organizationId)
+            )
+            kept_progress = await uow.executor.rows(select(progress_request_ids.c.userId))
     finally:
         await db.dispose()
     stored: Counter[tuple[str, str]] = Counter((r["userId"], r["item_id"]) for r in progress)
@@ -248,13 +275,27 @@ async def every_ack_stored_once(url: str, load: Load) -> None:
     assert load.upserted, "no write was acknowledged"
     for key, value in load.upserted.items():
         assert stored[key] == 1 and values[key] == value, key
-    # One year per caller's organization, as created before the load: none twice.
+    # Each organization holds exactly the years its caller was told were created: none
+    # missing, none twice, none whose create was not acknowledged.
     mine = [r for r in years if r["organizationId"] in load.organizations]
-    assert sorted(r["organizationId"] for r in mine) == sorted(load.organizations)
+    by_org: dict[str, list[str]] = {}
+    for r in mine:
+        by_org.setdefault(r["organizationId"], []).append(r["id"])
+    assert {org: sorted(ids) for org, ids in by_org.items()} == {
+        org: sorted(ids) for org, ids in load.created.items()
+    }
+    assert sum(map(len, load.created.values())) > 2 * len(load.created), "too few creates"
     by_id = {r["id"]: r for r in mine}
     assert load.renamed
     for year, name in load.renamed.items():
         assert by_id[year]["name"] == name
+    # One kept answer per acknowledged write: a retried one was answered, not applied again.
+    kept = Counter(r["method"] for r in kept_years if r["organizationId"] in load.organizations)
+    assert kept == {
+        "CreateAcademicYear": load.writes["Create"],
+        "UpdateAcademicYear": load.writes["Update"],
+    }
+    assert sum(r["userId"] in load.users for r in kept_progress) == load.writes["Upsert"]
 
 
 async def logged_calls(process: ServiceProcess, at_least: int, seconds: float = 30) -> None:
@@ -283,8 +324,7 @@ def report(what: str, load: Load, replicas: Replicas, **extra: Any) -> None:
     failed = Counter(code for _, code, _ in load.failed)
     print(
         f"\n{what}: {sum(load.ok.values())} calls answered OK {dict(load.ok)}, "
-        f"failed {dict(failed)}; {len(load.upserted)} upserted keys and "
-        f"{len(load.renamed)} renamed years acknowledged; "
+        f"failed {dict(failed)}; acknowledged writes {dict(load.writes)}; "
         f"{replicas.answered_unavailable()} attempts answered UNAVAILABLE and retried"
         + "".join(f"; {k} {v}" for k, v in extra.items())
     )
