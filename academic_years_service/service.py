@@ -31,7 +31,7 @@ from academic_years_service.domain import (
 )
 from academic_years_service.repository import AcademicYearsRepository
 from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
-from common import pagetoken
+from common import etags, pagetoken
 from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
@@ -228,25 +228,29 @@ class AcademicYearsService:
         return self._read(year)
 
     async def update(
-        self, principal: Principal, year_id: str, data: AcademicYearInput
+        self, principal: Principal, year_id: str, data: AcademicYearInput, etag: str = ""
     ) -> AcademicYear:
+        """Writes the fields `data` has; with an `etag`, only if the year is still as read."""
         scope = authorize(principal, UPDATE)
         year_id = _id(year_id, "id")
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
+        expected = etags.parse(etag)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.update(year_id, values)
+            year = await uow.repo.update(year_id, values, expected)
             await uow.commit()
         if year is None:
             raise not_found()
         return self._read(year)
 
-    async def delete(self, principal: Principal, year_id: str) -> AcademicYear:
+    async def delete(self, principal: Principal, year_id: str, etag: str = "") -> AcademicYear:
+        """Soft-deletes the year; with an `etag`, only if it is still as read."""
         scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
+        expected = etags.parse(etag)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
-            year = await uow.repo.soft_delete(year_id)
+            year = await uow.repo.soft_delete(year_id, expected)
             await uow.commit()
         if year is None:
             raise not_found()

@@ -19,6 +19,7 @@ from academic_years_service.domain import (
     Reference,
 )
 from academic_years_service.service import AcademicYearsService
+from common import etags
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
 from common.csvstream.watch import Report, watch
@@ -48,6 +49,7 @@ def to_proto(year: AcademicYear) -> pb.AcademicYear:
         created_at=timestamp(year.created_at),
         updated_at=timestamp(year.updated_at),
         deleted_at=timestamp(year.deleted_at),
+        etag=etags.encode(year.organization_id, year.id, year.version),
         organization=_reference(year.organization) if year.organization else None,
         classes_academic_year=[_reference(r) for r in year.classes],
         timetables_academic_year=[_reference(r) for r in year.timetables],
@@ -114,14 +116,15 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
         self, request: pb.UpdateAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
         year = await self._service.update(
-            current_principal(), request.id, input_from_proto(request.data)
+            current_principal(), request.id, input_from_proto(request.data), etag=request.etag
         )
         return to_proto(year)
 
     async def DeleteAcademicYear(
         self, request: pb.DeleteAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
-        return to_proto(await self._service.delete(current_principal(), request.id))
+        year = await self._service.delete(current_principal(), request.id, etag=request.etag)
+        return to_proto(year)
 
     async def BatchDeleteAcademicYears(
         self, request: pb.BatchDeleteAcademicYearsRequest, context: Context

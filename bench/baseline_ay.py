@@ -12,6 +12,7 @@ from academic_years.v1 import academic_years_pb2 as pb
 from academic_years.v1 import academic_years_pb2_grpc
 from grpc import aio
 
+from common import etags
 from common.protoconv import timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -21,7 +22,7 @@ _COLUMNS = (
     " academic_years.end_date,"
     ' academic_years.current, academic_years."organizationId", academic_years."createdById",'
     ' academic_years."updatedById", academic_years."createdAt", academic_years."updatedAt",'
-    ' academic_years."deletedAt"'
+    ' academic_years."deletedAt", academic_years.version'
 )
 _NAME_SCOPE = (
     'WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
@@ -83,6 +84,7 @@ def year_proto(row: Sequence[Any], **associations: Any) -> pb.AcademicYear:
         created_at=timestamp(row[8]),
         updated_at=timestamp(row[9]),
         deleted_at=timestamp(row[10]),
+        etag=etags.encode(str(row[5]), str(row[0]), row[11]),
         **associations,
     )
 
