@@ -125,7 +125,7 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
             await conn.execute("ROLLBACK")
         return year_proto(
             row,
-            organization=pb.Reference(id=str(row[11]), name=row[12]),
+            organization=pb.Reference(id=str(row[12]), name=row[13]),
             classes_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in classes],
             timetables_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in timetables],
         )
