@@ -60,12 +60,13 @@ class AcademicYear:
     start_date: dt.date | None
     end_date: dt.date | None
     current: bool
-    organization_id: str | None
+    organization_id: str
     created_by_id: str | None
     updated_by_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
     deleted_at: dt.datetime | None
+    version: int  # incremented by every write; the etag is derived from it
     organization: Reference | None = None
     classes: list[Reference] = field(default_factory=list)
     timetables: list[Reference] = field(default_factory=list)

@@ -33,7 +33,7 @@ from academic_years_service.statements import (
 )
 from academic_years_service.tables import academic_years as t
 from academic_years_service.tables import classes, request_ids, timetables
-from common import keyset
+from common import etags, keyset
 from common.db import UUID_TYPE, Record, utcnow
 from common.errors import AlreadyExistsError, FailedPreconditionError
 from common.idempotency import RequestIds
@@ -88,21 +88,41 @@ def _insert_statement() -> Executable:
     return insert(t).values(values).returning(*COLUMNS)
 
 
+def _one_year(global_access: bool, checked: bool) -> list[Any]:
+    """The year `year_id` in scope; when `checked`, only at version `expected` (an etag's)."""
+    where = [
+        AcademicYearsRepository.readable(global_access),
+        t.c.id == bindparam("year_id", type_=UUID_TYPE),
+    ]
+    if checked:
+        where.append(t.c.version == bindparam("expected", type_=t.c.version.type))
+    return where
+
+
 @cache
-def _soft_delete_statement(global_access: bool, many: bool) -> Executable:
-    """Soft deletes one year (`year_id`) or several (`year_ids`, an array) in scope."""
-    target = (
-        t.c.id == func.any(bindparam("year_ids", type_=ARRAY(UUID_TYPE)))
+def _soft_delete_statement(global_access: bool, many: bool, checked: bool = False) -> Executable:
+    """Soft deletes one year (`year_id`, at version `expected` when `checked`) or several
+    (`year_ids`, an array) in scope."""
+    where = (
+        [
+            AcademicYearsRepository.readable(global_access),
+            t.c.id == func.any(bindparam("year_ids", type_=ARRAY(UUID_TYPE))),
+        ]
         if many
-        else t.c.id == bindparam("year_id", type_=UUID_TYPE)
+        else _one_year(global_access, checked)
     )
     statement = (
         update(t)
-        .where(AcademicYearsRepository.readable(global_access), target)
-        .values(deletedAt=bindparam("now"), updatedAt=bindparam("now"))
+        .where(*where)
+        .values(deletedAt=bindparam("now"), updatedAt=bindparam("now"), version=t.c.version + 1)
         .values(updatedById=bindparam("user", type_=UUID_TYPE))
     )
     return statement.returning(t.c.id) if many else statement.returning(*COLUMNS)
+
+
+@cache
+def _exists_statement(global_access: bool) -> Executable:
+    return select(t.c.id).where(*_one_year(global_access, checked=False)).limit(1)
 
 
 @cache
@@ -165,18 +185,40 @@ class AcademicYearsRepository(TenantRepository):
         assert record is not None
         return to_domain(record)
 
-    async def update(self, year_id: str, values: AcademicYearValues) -> AcademicYear | None:
-        """Writes the fields present; built per call, since which fields are present varies."""
+    async def _written(
+        self, records: list[Record], year_id: str, etag: etags.Etag | None
+    ) -> AcademicYear | None:
+        """The year a by-id write reached. With an `etag`: ABORTED when the year in scope
+        exists but is not the one the tag was read from (written since, or another row's tag),
+        so the caller hears its tag is stale; the unit of work then rolls the write back."""
+        record = only_one(records)
+        year = None if record is None else to_domain(record)
+        if etag is None:
+            return year
+        if year is not None:
+            if etag.issued_for(year.organization_id, year.id):
+                return year
+            raise etags.mismatch("academic year")
+        statement = _exists_statement(self.global_access)
+        if await self.db.scalar(statement, self.binds(year_id=year_id)) is not None:
+            raise etags.mismatch("academic year")
+        return None
+
+    async def update(
+        self, year_id: str, values: AcademicYearValues, etag: etags.Etag | None = None
+    ) -> AcademicYear | None:
+        """Writes the fields present; with an `etag`, only to the year as it was read."""
         changes: dict[str, Any] = {
             name: getattr(values, name) for name in _WRITABLE if name in values.fields
         }
         changes.update(updatedAt=utcnow(), updatedById=self.scope.user_id)
-        statement = _update_statement(self.global_access, tuple(sorted(changes)))
-        records = await self.db.rows(statement, self.binds(year_id=year_id, **changes))
-        record = only_one(records)
-        if record is None:
+        statement = _update_statement(self.global_access, tuple(sorted(changes)), bool(etag))
+        params = self.binds(
+            year_id=year_id, expected=None if etag is None else etag.version, **changes
+        )
+        year = await self._written(await self.db.rows(statement, params), year_id, etag)
+        if year is None:
             return None
-        year = to_domain(record)
         target = values.organization_id if self.scope.principal.global_access else None
         if target is None or target == year.organization_id:
             return year
@@ -194,11 +236,17 @@ class AcademicYearsRepository(TenantRepository):
         assert moved is not None
         return to_domain(moved)
 
-    async def soft_delete(self, year_id: str) -> AcademicYear | None:
-        statement = _soft_delete_statement(self.global_access, many=False)
-        params = self.binds(year_id=year_id, now=utcnow(), user=self.scope.user_id)
-        record = only_one(await self.db.rows(statement, params))
-        return None if record is None else to_domain(record)
+    async def soft_delete(
+        self, year_id: str, etag: etags.Etag | None = None
+    ) -> AcademicYear | None:
+        statement = _soft_delete_statement(self.global_access, False, bool(etag))
+        params = self.binds(
+            year_id=year_id,
+            expected=None if etag is None else etag.version,
+            now=utcnow(),
+            user=self.scope.user_id,
+        )
+        return await self._written(await self.db.rows(statement, params), year_id, etag)
 
     async def soft_delete_many(self, year_ids: Sequence[str]) -> int:
         if not year_ids:
@@ -281,14 +329,13 @@ class AcademicYearsRepository(TenantRepository):
 
 
 @cache
-def _update_statement(global_access: bool, fields: tuple[str, ...]) -> Executable:
-    """An update of `fields` (bound by their column names) of the year `year_id` in scope."""
+def _update_statement(global_access: bool, fields: tuple[str, ...], checked: bool) -> Executable:
+    """An update of `fields` (bound by their column names) of the year `year_id` in scope, at
+    version `expected` when `checked`."""
     return (
         update(t)
-        .where(
-            AcademicYearsRepository.readable(global_access),
-            t.c.id == bindparam("year_id", type_=UUID_TYPE),
-        )
+        .where(*_one_year(global_access, checked))
         .values({name: bindparam(name, type_=t.c[name].type) for name in fields})
+        .values(version=t.c.version + 1)
         .returning(*COLUMNS)
     )

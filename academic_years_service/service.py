@@ -32,7 +32,7 @@ from academic_years_service.domain import (
 )
 from academic_years_service.repository import REQUEST_IDS, AcademicYearsRepository
 from academic_years_service.statements import EXPORT_CELLS, EXPORT_DEFAULT, SORT_COLUMNS
-from common import pagetoken
+from common import etags, pagetoken
 from common.auth import Principal
 from common.config import Limits
 from common.csvstream import CsvReader
@@ -247,31 +247,40 @@ class AcademicYearsService:
         principal: Principal,
         year_id: str,
         data: AcademicYearInput,
+        etag: str = "",
         once: Once[AcademicYear, Any] | None = None,
     ) -> AcademicYear | Stored:
+        """Writes the fields `data` has; with an `etag`, only if the year is still as read."""
         scope = authorize(principal, UPDATE)
         year_id = _id(year_id, "id")
         values = validate_input(data)
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
+        expected = etags.parse(etag)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
 
             async def work() -> AcademicYear:
-                return self._found(await uow.repo.update(year_id, values))
+                return self._found(await uow.repo.update(year_id, values, expected))
 
             answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
             await uow.commit()
         return answer
 
     async def delete(
-        self, principal: Principal, year_id: str, once: Once[AcademicYear, Any] | None = None
+        self,
+        principal: Principal,
+        year_id: str,
+        etag: str = "",
+        once: Once[AcademicYear, Any] | None = None,
     ) -> AcademicYear | Stored:
+        """Soft-deletes the year; with an `etag`, only if it is still as read."""
         scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
+        expected = etags.parse(etag)
         async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
 
             async def work() -> AcademicYear:
-                return self._found(await uow.repo.soft_delete(year_id))
+                return self._found(await uow.repo.soft_delete(year_id, expected))
 
             answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
             await uow.commit()

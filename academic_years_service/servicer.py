@@ -19,6 +19,7 @@ from academic_years_service.domain import (
     Reference,
 )
 from academic_years_service.service import AcademicYearsService
+from common import etags
 from common.auth import current_principal
 from common.csvstream import body_bytes, csv_bodies
 from common.csvstream.watch import Report, watch
@@ -49,6 +50,7 @@ def to_proto(year: AcademicYear) -> pb.AcademicYear:
         created_at=timestamp(year.created_at),
         updated_at=timestamp(year.updated_at),
         deleted_at=timestamp(year.deleted_at),
+        etag=etags.encode(year.organization_id, year.id, year.version),
         organization=_reference(year.organization) if year.organization else None,
         classes_academic_year=[_reference(r) for r in year.classes],
         timetables_academic_year=[_reference(r) for r in year.timetables],
@@ -132,14 +134,17 @@ class AcademicYearsServicer(academic_years_pb2_grpc.AcademicYearsServiceServicer
         self, request: pb.UpdateAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
         once = Once.unary(UPDATE, request, to_proto, pb.AcademicYear)
-        data = input_from_proto(request.data)
-        return once.answer(await self._service.update(current_principal(), request.id, data, once))
+        year = await self._service.update(
+            current_principal(), request.id, input_from_proto(request.data), request.etag, once
+        )
+        return once.answer(year)
 
     async def DeleteAcademicYear(
         self, request: pb.DeleteAcademicYearRequest, context: Context
     ) -> pb.AcademicYear:
         once = Once.unary(DELETE, request, to_proto, pb.AcademicYear)
-        return once.answer(await self._service.delete(current_principal(), request.id, once))
+        year = await self._service.delete(current_principal(), request.id, request.etag, once)
+        return once.answer(year)
 
     async def BatchDeleteAcademicYears(
         self, request: pb.BatchDeleteAcademicYearsRequest, context: Context

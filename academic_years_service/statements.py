@@ -54,6 +54,7 @@ COLUMNS = (
     t.c.createdAt,
     t.c.updatedAt,
     t.c.deletedAt,
+    t.c.version,
 )
 # API field names a caller may order by, and the columns they stand for.
 SORT_COLUMNS = {

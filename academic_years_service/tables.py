@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -40,6 +41,8 @@ academic_years = Table(
     Column("createdAt", UtcDateTime, nullable=False),
     Column("updatedAt", UtcDateTime, nullable=False),
     Column("deletedAt", UtcDateTime),
+    # Incremented by every write (migration 0004); the etag is derived from it.
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
     PrimaryKeyConstraint("organizationId", "id", name="academic_years_pkey"),
 )
 

@@ -12,6 +12,7 @@ from academic_years.v1 import academic_years_pb2 as pb
 from academic_years.v1 import academic_years_pb2_grpc
 from grpc import aio
 
+from common import etags
 from common.protoconv import timestamp
 
 Context = aio.ServicerContext[Any, Any]
@@ -21,7 +22,7 @@ _COLUMNS = (
     " academic_years.end_date,"
     ' academic_years.current, academic_years."organizationId", academic_years."createdById",'
     ' academic_years."updatedById", academic_years."createdAt", academic_years."updatedAt",'
-    ' academic_years."deletedAt"'
+    ' academic_years."deletedAt", academic_years.version'
 )
 _NAME_SCOPE = (
     'WHERE academic_years."deletedAt" IS NULL AND academic_years."organizationId" = $1::UUID'
@@ -83,6 +84,7 @@ def year_proto(row: Sequence[Any], **associations: Any) -> pb.AcademicYear:
         created_at=timestamp(row[8]),
         updated_at=timestamp(row[9]),
         deleted_at=timestamp(row[10]),
+        etag=etags.encode(str(row[5]), str(row[0]), row[11]),
         **associations,
     )
 
@@ -123,7 +125,7 @@ class AcademicYearsBaseline(academic_years_pb2_grpc.AcademicYearsServiceServicer
             await conn.execute("ROLLBACK")
         return year_proto(
             row,
-            organization=pb.Reference(id=str(row[11]), name=row[12]),
+            organization=pb.Reference(id=str(row[12]), name=row[13]),
             classes_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in classes],
             timetables_academic_year=[pb.Reference(id=str(c[0]), name=c[1]) for c in timetables],
         )

@@ -14,8 +14,6 @@ Changing the key invalidates outstanding tokens: callers start again from the fi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -24,6 +22,7 @@ import secrets
 from functools import lru_cache
 from typing import Any
 
+from common import b64url
 from common.config import Settings
 from common.errors import ValidationError
 from common.tenancy import TenantScope
@@ -103,17 +102,16 @@ class PageTokens:
     def issue(self, bound: bytes, position: list[Any]) -> str:
         payload = json.dumps(position, separators=(",", ":")).encode()
         raw = VERSION + payload + self._tag(bound, payload)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return b64url.encode(raw)
 
     def read(self, token: str, bound: bytes) -> list[Any]:
         """The position `token` holds, if this service issued it for `bound`; else the one
         INVALID_ARGUMENT naming `page_token`."""
         if len(token) > MAX_TOKEN_CHARS:
             raise invalid()
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise invalid() from None
+        raw = b64url.decode(token)
+        if raw is None:
+            raise invalid()
         version, payload, tag = raw[:1], raw[1:-TAG_BYTES], raw[-TAG_BYTES:]
         if (
             version != VERSION

@@ -245,3 +245,32 @@ def test_the_request_id_store_comes_and_goes_with_its_revision(scratch_pg: str) 
     assert asyncio.run(_sql(scratch_pg, [KEYS]))[0] == keys_after_upgrade()
     _upgrade(scratch_pg)
     assert_migrated(asyncio.run(store(scratch_pg, "academic_years_request_ids")))
+
+
+def test_row_version_starts_existing_rows_at_one_and_downgrades_away(scratch_pg: str) -> None:
+    org = str(uuid.uuid4())
+    _migrate(scratch_pg, "0003")
+    asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                f'INSERT INTO academic_years (id, name, "organizationId", "createdAt", '
+                f"\"updatedAt\") VALUES ('{uuid.uuid4()}', 'before etags', '{org}', now(), now())"
+            ],
+        )
+    )
+    _migrate(scratch_pg, "0004")
+    [[(version,)]] = asyncio.run(_sql(scratch_pg, ["SELECT version FROM academic_years"]))
+    assert version == 1
+    _migrate(scratch_pg, "0003", down=True)
+    [columns] = asyncio.run(
+        _sql(
+            scratch_pg,
+            [
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'academic_years'"
+            ],
+        )
+    )
+    assert "version" not in {r[0] for r in columns}
+    _upgrade(scratch_pg)  # and up again

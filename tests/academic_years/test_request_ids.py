@@ -240,3 +240,27 @@ async def test_a_global_caller_without_an_organization_has_ids_too(
     first = await stub(academic_years).CreateAcademicYear(request, metadata=admin.md)
     assert await stub(academic_years).CreateAcademicYear(request, metadata=admin.md) == first
     assert first.organization_id == target and await years(academic_years) == 1
+
+
+async def test_a_retried_update_with_an_etag_gets_its_answer_not_aborted(
+    academic_years: Harness,
+) -> None:
+    """The first call moved the year past the etag the retry carries: the retry is answered
+    with the first answer instead of ETAG_MISMATCH; without the request id it is ABORTED."""
+    caller, rid = staff(), new_uuid()
+    year = await create(academic_years, caller, name="a")
+    update = pb.UpdateAcademicYearRequest(
+        id=year.id, data=pb.AcademicYearInput(name="b"), etag=year.etag, request_id=rid
+    )
+    first = await stub(academic_years).UpdateAcademicYear(update, metadata=caller.md)
+    assert first.etag != year.etag
+    assert await stub(academic_years).UpdateAcademicYear(update, metadata=caller.md) == first
+    update.request_id = ""
+    error = await expect_error(
+        stub(academic_years).UpdateAcademicYear(update, metadata=caller.md),
+        grpc.StatusCode.ABORTED,
+    )
+    assert error.reason == "ETAG_MISMATCH"
+    delete = pb.DeleteAcademicYearRequest(id=year.id, etag=first.etag, request_id=new_uuid())
+    deleted = await stub(academic_years).DeleteAcademicYear(delete, metadata=caller.md)
+    assert await stub(academic_years).DeleteAcademicYear(delete, metadata=caller.md) == deleted

@@ -201,9 +201,11 @@ def tenant_statements() -> Iterator[tuple[str, Executable]]:
         if "tenant" in label:
             yield f"progress {label}", statement
     yield "get", ay_statements.get_statement(False)
-    yield "update", ay_repository._update_statement(False, ("name", "updatedAt"))
-    for many in (False, True):
-        yield f"delete many={many}", ay_repository._soft_delete_statement(False, many)
+    for checked in (False, True):  # with an etag or without
+        yield f"update {checked=}", ay_repository._update_statement(False, ("name",), checked)
+        yield f"delete {checked=}", ay_repository._soft_delete_statement(False, False, checked)
+    yield "delete many", ay_repository._soft_delete_statement(False, True)
+    yield "exists", ay_repository._exists_statement(False)
     yield "import id check", ay_csv._taken_statement()
     yield "progress delete", UserProgressRepository._soft_delete_statement(False)
     yield "progress import count", progress_csv._existing_statement()

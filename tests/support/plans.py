@@ -15,6 +15,8 @@ from common.db.engine import _init_connection
 
 # A 100k-row table: what the plan tests generate before they EXPLAIN.
 BIG_TABLE_ROWS = 100_000
+# ANALYZE samples 300 × default_statistics_target rows: enough for every row of the big table.
+FULL_SAMPLE = f"SET default_statistics_target = {BIG_TABLE_ROWS // 300 + 1}"
 _names = itertools.count()
 
 

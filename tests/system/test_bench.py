@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.plans import PLANNED
+from bench.run import WHOLE_TABLE_SHARE
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,8 +35,10 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
     # Request ids on every upsert, beside the upsert without, on the service only.
     assert ("progress.upsert+request-id", "service") in pairs
     assert ("progress.upsert+request-id", "baseline") not in pairs
+    whole_table = {"ay.count@global", "ay.list@global"}
     for run in result["runs"]:
-        assert run["requests"] == result["config"]["requests"]
+        share = WHOLE_TABLE_SHARE if run["case"] in whole_table else 1
+        assert run["requests"] == result["config"]["requests"] // share
         assert run["errors"] == {}
         assert run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
@@ -43,3 +48,9 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
         "progress.upsert+request-id rps / progress.upsert rps",
     }
     assert "rps/base" in done.stdout
+    # Each paging and filter case's plans, as EXPLAIN ANALYZE gave them: List with its count
+    # is two statements, a page without a count one.
+    plans = result["plans"]
+    assert set(plans) == set(PLANNED)
+    assert len(plans["ay.list-name-filter"]) == 2 and len(plans["page.last-token@deep"]) == 1
+    assert all("Execution Time" in plan for texts in plans.values() for plan in texts)

@@ -17,7 +17,7 @@ from alembic import op
 from common import idempotency
 
 revision = "0005"
-down_revision = "0003"  # TEMPORARY: "0004" (etags) once it is on main
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
