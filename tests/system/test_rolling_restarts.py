@@ -115,12 +115,14 @@ class Replicas:
                 process.proc.kill()
                 process.proc.wait()
 
-    def answered_unavailable(self) -> int:
-        """Attempts the servers answered UNAVAILABLE (each then retried by its client)."""
-        return sum(
-            e.get("msg") == "rpc" and e.get("code") == "UNAVAILABLE"
+    def answered_unavailable(self) -> Counter[str]:
+        """Attempts the servers answered UNAVAILABLE (each then retried by its client), by
+        method."""
+        return Counter(
+            e["method"].rsplit("/", 1)[-1]
             for p in [*self.running.values(), *self.retired]
             for e in p.log
+            if e.get("msg") == "rpc" and e.get("code") == "UNAVAILABLE"
         )
 
 
@@ -325,7 +327,7 @@ def report(what: str, load: Load, replicas: Replicas, **extra: Any) -> None:
     print(
         f"\n{what}: {sum(load.ok.values())} calls answered OK {dict(load.ok)}, "
         f"failed {dict(failed)}; acknowledged writes {dict(load.writes)}; "
-        f"{replicas.answered_unavailable()} attempts answered UNAVAILABLE and retried"
+        f"attempts answered UNAVAILABLE and retried {dict(replicas.answered_unavailable())}"
         + "".join(f"; {k} {v}" for k, v in extra.items())
     )
 
