@@ -27,7 +27,7 @@ from common.server import check_role
 from common.tenancy import tenant_scope
 from progress_service.app import DEFINITION
 from progress_service.domain import UserProgressInput
-from progress_service.repository import UserProgressRepository
+from progress_service.repository import REQUEST_IDS, UserProgressRepository
 from progress_service.tables import user_progress
 from tests.support.callers import SECRET, new_uuid
 
@@ -194,3 +194,15 @@ async def test_the_embedded_default_serves_as_its_app_role(
             assert await uow.executor.conn.fetchval("SELECT current_user") == "school_app"
     finally:
         await app.dispose()
+
+
+async def test_migrate_lets_the_app_role_purge_expired_request_ids(
+    app_db: tuple[Database, Database],
+) -> None:
+    """The purge is a SECURITY DEFINER function that PUBLIC may not run: `migrate` grants it
+    to the app role, which may then purge, and only through it (no DELETE of its own)."""
+    _owner, app = app_db
+    assert await REQUEST_IDS.purge(app, ttl_seconds=86400) == 0
+    async with app.unit_of_work(None, lambda *_: None) as uow:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await uow.executor.conn.execute("DELETE FROM progress_request_ids")
