@@ -1,32 +1,31 @@
-"""academic_years_request_ids: answers kept under their request ids (AIP-155).
+"""academic_years_request_ids: the answers of Create, Update, Delete, BatchDelete and the import
+when sent with a request id (AIP-155), kept for their retries.
 
 Revision ID: 0005
 Revises: 0004
 Create Date: 2027-02-02
 
-A new table (common.idempotency.create_store): its creation locks no table in use, so it runs
-in the migration's transaction. Keyed ("organizationId", "userId", method, "requestId") like
-every tenant table (docs/scaling.md); row-level security gives a caller its own rows; the
-SECURITY DEFINER function academic_years_request_ids_purge, owned by the role that migrates, deletes
-expired rows of every tenant in batches (EXECUTE revoked from PUBLIC; `migrate` grants it to
-the app role). Downgrade drops both: stored answers are only a retry's convenience.
+What common.idempotency.create_store makes (progress revision 0004 makes the same for its
+writes): a new table keyed by organization, user, method and request id, which the caller sees
+only its own rows of; and academic_years_request_ids_purge, a SECURITY DEFINER function of the
+migrating role deleting expired answers of every tenant, EXECUTE revoked from PUBLIC
+(`migrate` grants it to the app role). Nothing in use is locked. Downgrade drops them: a kept
+answer only spares a retry, and a retry after the downgrade applies again.
 """
 
 from alembic import op
 
-from common import idempotency
+from common.idempotency import create_store, drop_store
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-TABLE = "academic_years_request_ids"
-
 
 def upgrade() -> None:
-    idempotency.create_store(op.get_bind(), TABLE)
+    create_store(op.get_bind(), "academic_years_request_ids")
 
 
 def downgrade() -> None:
-    idempotency.drop_store(op.get_bind(), TABLE)
+    drop_store(op.get_bind(), "academic_years_request_ids")
