@@ -389,7 +389,7 @@ class AcademicYearsService:
         scope = authorize(principal, CREATE)
         scope.writable_organization()
         if once is not None:
-            chunks = await once.with_head(chunks)
+            chunks = once.read_through(chunks)
         reader = CsvReader(chunks, CSV_COLUMNS, limits=self._limits, label="academic_years import")
 
         async def check(repository: AcademicYearsCsvRepository) -> None:

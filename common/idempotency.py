@@ -82,11 +82,10 @@ PURGE_MAX_INTERVAL_SECONDS = 300.0
 
 @dataclass(frozen=True, slots=True)
 class RequestKey:
-    """A write's request id, checked, with the method it names and the digest of its request."""
+    """A write's request id, checked, and the method it names."""
 
     method: str
     request_id: str
-    digest: bytes
     field: str = FIELD  # how the caller names it, for the errors
 
 
@@ -105,29 +104,59 @@ def checked_id(value: str, field: str) -> str:
     return canonical
 
 
+class _Head:
+    """The digest of a client stream's first IMPORT_HEAD_BYTES (all of a shorter stream),
+    taken as the import reads it, so that nothing waits for it; or read for it alone by a
+    retry, which reads no further."""
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self._seen = 0
+
+    def _take(self, chunk: bytes) -> None:
+        wanted = IMPORT_HEAD_BYTES - self._seen
+        if wanted > 0:
+            self._hash.update(chunk[:wanted])
+            self._seen += min(len(chunk), wanted)
+
+    async def passing(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            self._take(chunk)
+            yield chunk
+
+    async def digest(self) -> bytes:
+        while self._seen < IMPORT_HEAD_BYTES:
+            chunk = await anext(self._stream, None)
+            if chunk is None:
+                break
+            self._take(chunk)
+        return self._hash.digest()
+
+
 class Once(Generic[T, M]):
     """One call's request id (or none) and its answer's message: how the servicer's `render`
-    turns the service's result into it, and how stored bytes are read back as one.
+    turns the service's result into it, and how stored bytes are read back as one; and the
+    digest of the request, which tells a reused id apart.
 
     The servicer builds it (`unary`, `streamed`), the service hands it to `RequestIds.run`,
     and the servicer answers with `answer(result)`."""
 
-    __slots__ = ("_message", "_render", "_rendered", "key", "pending")
+    __slots__ = ("_digest", "_head", "_message", "_render", "_rendered", "key")
 
     def __init__(
         self,
         key: RequestKey | None,
         render: Callable[[T], M],
         message: Callable[[bytes], M],
-        *,
-        pending: tuple[str, str] | None = None,
+        digest: bytes = b"",
     ) -> None:
         self.key = key
         self._render = render
         self._message = message
         self._rendered: M | None = None
-        # A streamed write's (method, id) until the head of its stream gives the digest.
-        self.pending = pending
+        self._digest = digest
+        self._head: _Head | None = None
 
     @classmethod
     def unary(
@@ -136,11 +165,11 @@ class Once(Generic[T, M]):
         """For a request message with a `request_id` field; its digest is of the whole
         request, deterministically serialized."""
         value: str = request.request_id
-        key = None
-        if value:
-            digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-            key = RequestKey(method, checked_id(value, FIELD), digest)
-        return cls(key, render, message.FromString)
+        if not value:
+            return cls(None, render, message.FromString)
+        key = RequestKey(method, checked_id(value, FIELD))
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+        return cls(key, render, message.FromString, digest)
 
     @classmethod
     def streamed(
@@ -150,32 +179,32 @@ class Once(Generic[T, M]):
         render: Callable[[T], M],
         message: type[M],
     ) -> Once[T, M]:
-        """For a client stream, whose id comes as `request-id` metadata; the digest is taken
-        from the stream's head (`with_head`)."""
+        """For a client stream, whose id comes as `request-id` metadata; its digest is of the
+        stream's head (`read_through`)."""
         value = next((v for k, v in metadata or () if k == METADATA_KEY), "")
         text = value.decode() if isinstance(value, bytes) else value
-        pending = (method, checked_id(text, METADATA_KEY)) if text else None
-        return cls(None, render, message.FromString, pending=pending)
+        key = RequestKey(method, checked_id(text, METADATA_KEY), METADATA_KEY) if text else None
+        return cls(key, render, message.FromString)
 
-    async def with_head(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        """For a streamed write with a request id: reads the stream's first
-        IMPORT_HEAD_BYTES (all of a shorter one) for the digest; the same stream, whole.
-        Without a request id, the stream as it is."""
-        stream = aiter(chunks)
-        if self.pending is None:
-            return stream
-        head: list[bytes] = []
-        size = 0
-        async for chunk in stream:
-            head.append(chunk)
-            size += len(chunk)
-            if size >= IMPORT_HEAD_BYTES:
-                break
-        data = b"".join(head)
-        method, request_id = self.pending
-        digest = hashlib.sha256(data[:IMPORT_HEAD_BYTES]).digest()
-        self.key = RequestKey(method, request_id, digest, METADATA_KEY)
-        return _prepend(data, stream)
+    def read_through(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """The stream of a streamed write, its head taken into the digest as it passes."""
+        if self.key is None:
+            return aiter(chunks)
+        self._head = _Head(aiter(chunks))
+        return self._head.passing()
+
+    @property
+    def claimed_digest(self) -> bytes:
+        """The digest a claim is stored with: a unary request's; none for a stream, whose
+        answer brings its digest along (a claim is seen by others only with its answer)."""
+        return self._digest
+
+    async def digest(self) -> bytes:
+        """The request's digest; a stream's once its head has been read (a stream that the
+        write did not read is read that far, and no further)."""
+        if self._head is not None:
+            return await self._head.digest()
+        return self._digest
 
     def encode(self, result: T) -> bytes:
         """The answer to store for `result` (kept for `answer`, which then has it at hand)."""
@@ -189,13 +218,6 @@ class Once(Generic[T, M]):
         if self._rendered is not None:
             return self._rendered
         return self._render(result)
-
-
-async def _prepend(data: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if data:
-        yield data
-    async for chunk in rest:
-        yield chunk
 
 
 def request_ids_table(name: str, metadata: MetaData) -> Table:
@@ -265,7 +287,8 @@ class RequestIds:
     @cached_property
     def keep_statement(self) -> Executable:
         response = bindparam("response", type_=LargeBinary)
-        return update(self.table).where(self._key).values(response=response)
+        digest = bindparam("digest", type_=LargeBinary)
+        return update(self.table).where(self._key).values(response=response, digest=digest)
 
     @cached_property
     def purge_statement(self) -> Executable:
@@ -290,31 +313,32 @@ class RequestIds:
         """`work()` inside the caller's transaction, once per request id: the stored answer
         when the id was used before; else `work()`'s result, whose answer is stored to commit
         with it. Without a request id, just `work()`."""
-        key = None if once is None else once.key
-        if key is None:
+        if once is None or once.key is None:
             return await work()
-        binds = self._binds(scope, key)
-        stored = await self._claim(executor, key, binds)
+        binds = self._binds(scope, once.key)
+        stored = await self._claim(executor, once, binds)
         if stored is not None:
             return stored
         result = await work()
-        assert once is not None
-        await executor.execute(self.keep_statement, {**binds, "response": once.encode(result)})
+        answer = {"response": once.encode(result), "digest": await once.digest()}
+        await executor.execute(self.keep_statement, {**binds, **answer})
         return result
 
     async def _claim(
-        self, executor: Executor, key: RequestKey, binds: dict[str, Any]
+        self, executor: Executor, once: Once[Any, Any], binds: dict[str, Any]
     ) -> Stored | None:
         """None once this transaction holds the key; else the answer stored under it."""
+        assert once.key is not None
         for _ in range(CLAIM_ATTEMPTS):
-            if await executor.row(self.claim_statement, {**binds, "digest": key.digest}):
+            if await executor.row(self.claim_statement, {**binds, "digest": once.claimed_digest}):
                 return None
             found = await executor.row(self.lookup_statement, binds)
             if found is None:  # purged between the two statements: claim it again
                 continue
-            if found["digest"] != key.digest:
+            if found["digest"] != await once.digest():
                 reused = "was used for a different request: send a new id for a new operation"
-                raise ValidationError([FieldViolation(key.field, reused)], reason=REUSED_REASON)
+                field = once.key.field
+                raise ValidationError([FieldViolation(field, reused)], reason=REUSED_REASON)
             if found["response"] is None:
                 raise RuntimeError(f"{self.table.name}: a committed claim without an answer")
             return Stored(bytes(found["response"]))

@@ -144,7 +144,7 @@ class UserProgressService:
         scope = tenant_scope(principal)
         scope.writable_organization()
         if once is not None:
-            chunks = await once.with_head(chunks)
+            chunks = once.read_through(chunks)
         reader = CsvReader(
             chunks, self._csv_columns, limits=self._limits, label="user_progress import"
         )

@@ -49,12 +49,14 @@ class FakeService:
         self.stored = stored  # what a replayed upsert answers
         self.calls: list[tuple[str, Any]] = []
         self.request_ids: list[RequestKey | None] = []
+        self.digests: list[bytes] = []
 
     async def upsert(
         self, principal: Principal, data: UserProgressInput, once: Once[Any, Any]
     ) -> UserProgress | Stored:
         self.calls.append(("upsert", (principal, data)))
         self.request_ids.append(once.key)
+        self.digests.append(await once.digest())
         return self.stored or self.record
 
     async def list(self, principal: Principal, *args: Any) -> Page:
@@ -127,7 +129,7 @@ async def test_upsert_hands_its_request_id_down_and_answers_a_stored_reply_as_it
     other.data.item_id = "b"
     await servicer.UpsertUserProgress(other, None)  # type: ignore[arg-type]
     await servicer.UpsertUserProgress(request, None)  # type: ignore[arg-type]
-    digests = [k.digest for k in fake.request_ids if k is not None]
+    digests = fake.digests
     assert digests[0] != digests[1] and digests[0] == digests[2]
     request.request_id = ""
     await servicer.UpsertUserProgress(request, None)  # type: ignore[arg-type]
