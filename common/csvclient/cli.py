@@ -81,7 +81,11 @@ def parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="upload a CSV file; prints the import summary")
     imp.add_argument("service", choices=sorted(TARGETS))
     imp.add_argument("file", help="the CSV file ('-' reads standard input)")
-    imp.add_argument("--request-id", help="UUID sent as request-id metadata (safe retries)")
+    imp.add_argument(
+        "--request-id",
+        help="UUID sent as request-id metadata: running the import again with the same id "
+        "answers the first run's summary without importing twice (default: a new id per run)",
+    )
     _connection_options(imp)
     exp = commands.add_parser("export", help="download matching rows as CSV")
     exp.add_argument("service", choices=sorted(TARGETS))
@@ -222,7 +226,8 @@ def _channel(
     args: argparse.Namespace, target: Target, creds: grpc.ChannelCredentials | None
 ) -> grpc.aio.Channel:
     options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
-    return channel(args.addr or target.default_addr, creds, options=options)
+    # Every import carries a request id (--request-id, else a new one): safe to retry.
+    return channel(args.addr or target.default_addr, creds, options=options, request_ids=True)
 
 
 async def run(args: argparse.Namespace, stdin: IO[bytes], out: IO[bytes], err: TextIO) -> int:

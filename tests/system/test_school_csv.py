@@ -7,16 +7,19 @@ import io
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from common.config import Settings
 from common.csvclient import cli, transfer
 from common.csvclient.display import PlainProgress
+from progress_service.tables import request_ids
 from tests.conftest import Harness
 from tests.support.academic_years import CREATE, READ
 from tests.support.callers import Caller
@@ -67,6 +70,22 @@ async def test_progress_file_imports_and_exports_back(progress: Harness) -> None
         "export", "progress", "--filter", '{"progress_type": "zone_checkin"}', *args
     )
     assert [r[1] for r in parse_csv(only.out)[1:]] == ["green"]
+
+
+@pytest.mark.asyncio
+async def test_an_import_run_again_with_its_request_id_is_answered_not_applied(
+    progress: Harness,
+) -> None:
+    """Every import carries a request id (a new one per run unless --request-id names one): a
+    run repeated with the same id gets the first run's summary, and imports nothing again."""
+    args = [*connection(progress, Caller()), "--request-id", str(uuid.uuid4())]
+    source = str(EXAMPLES / "progress.csv")
+    first = await school_csv("import", "progress", source, *args)
+    again = await school_csv("import", "progress", source, *args)
+    assert first.out == again.out == b"rows_read=3 created=3 updated=0 skipped=0\n"
+    fresh = await school_csv("import", "progress", source, *args[:-2])
+    assert fresh.out == b"rows_read=3 created=0 updated=3 skipped=0\n"  # a new operation
+    assert await progress.scalar(select(func.count()).select_from(request_ids)) == 2
 
 
 @pytest.mark.asyncio
