@@ -233,12 +233,12 @@ class AcademicYearsService:
     ) -> AcademicYear | Stored:
         scope = authorize(principal, CREATE)
         values = validate_input(data)
-        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
             async def work() -> AcademicYear:
                 return self._read(await uow.repo.create(values.id or new_id(), values))
 
-            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
+            answer = await REQUEST_IDS.run(uow, scope, once, work)
             await uow.commit()
         return answer
 
@@ -257,12 +257,12 @@ class AcademicYearsService:
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
         expected = etags.parse(etag)
-        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
             async def work() -> AcademicYear:
                 return self._found(await uow.repo.update(year_id, values, expected))
 
-            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
+            answer = await REQUEST_IDS.run(uow, scope, once, work)
             await uow.commit()
         return answer
 
@@ -277,12 +277,12 @@ class AcademicYearsService:
         scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
         expected = etags.parse(etag)
-        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
             async def work() -> AcademicYear:
                 return self._found(await uow.repo.soft_delete(year_id, expected))
 
-            answer = await REQUEST_IDS.run(uow.executor, scope, once, work)
+            answer = await REQUEST_IDS.run(uow, scope, once, work)
             await uow.commit()
         return answer
 
@@ -310,9 +310,9 @@ class AcademicYearsService:
         if violations:
             raise ValidationError(violations)
         ordered = sorted(i for i in clean if i is not None)
-        async with self._db.unit_of_work(scope, AcademicYearsRepository) as uow:
+        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
             answer = await REQUEST_IDS.run(
-                uow.executor, scope, once, lambda: uow.repo.soft_delete_many(ordered)
+                uow, scope, once, lambda: uow.repo.soft_delete_many(ordered)
             )
             await uow.commit()
         return answer

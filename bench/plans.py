@@ -71,7 +71,12 @@ class _ExplainingDatabase(Database):
     plans: list[str]
 
     def unit_of_work(
-        self, scope: TenantScope | None, repository: Any, *, snapshot: bool = False
+        self,
+        scope: TenantScope | None,
+        repository: Any,
+        *,
+        snapshot: bool = False,
+        opening: str = "",
     ) -> Any:
         plans = self.plans
 
@@ -79,7 +84,9 @@ class _ExplainingDatabase(Database):
             def _executor(self, conn: asyncpg.Connection) -> Executor:
                 return _ExplainingExecutor(conn, plans)
 
-        return Explaining(self, scope, repository, snapshot=snapshot)
+        unit = Explaining(self, scope, repository, snapshot=snapshot)
+        unit.opening = opening
+        return unit
 
 
 def _principal(

@@ -84,10 +84,8 @@ class UserProgressService:
         first call with it, which a retry gets again without writing (common.idempotency)."""
         scope = tenant_scope(principal)
         clean = validate_input(data, self._limits)
-        async with self._db.unit_of_work(scope, UserProgressRepository) as uow:
-            answer = await REQUEST_IDS.run(
-                uow.executor, scope, once, partial(_upsert, uow.repo, clean)
-            )
+        async with REQUEST_IDS.unit_of_work(self._db, scope, UserProgressRepository, once) as uow:
+            answer = await REQUEST_IDS.run(uow, scope, once, partial(_upsert, uow.repo, clean))
             await uow.commit()
         return answer
 

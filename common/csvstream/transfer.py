@@ -40,7 +40,8 @@ async def import_csv(
     answer before anything is read (common.idempotency)."""
     tracker = tracker or ImportTracker()
     tracker.follow(reader)
-    async with db.unit_of_work(scope, repository) as uow:
+    opening = "" if request_ids is None else request_ids.opening(scope, once)
+    async with db.unit_of_work(scope, repository, opening=opening) as uow:
 
         async def work() -> T:
             await stage(uow.executor, staging, tracker.staged(reader.rows()))
@@ -55,7 +56,7 @@ async def import_csv(
         if request_ids is None:
             result: T | Stored = await work()
         else:
-            result = await request_ids.run(uow.executor, scope, once, work)
+            result = await request_ids.run(uow, scope, once, work)
         await uow.commit()
     tracker.phase = DONE
     return result

@@ -101,14 +101,23 @@ class Database:
             return self.pool
 
     def unit_of_work(
-        self, scope: TenantScope | None, repository: RepositoryFactory[R], *, snapshot: bool = False
+        self,
+        scope: TenantScope | None,
+        repository: RepositoryFactory[R],
+        *,
+        snapshot: bool = False,
+        opening: str = "",
     ) -> UnitOfWork[R]:
         """One transaction for `scope` (its tenant set for row-level security) with
         `repository(executor, scope)` as `uow.repo`; see `UnitOfWork`. `snapshot`: read only,
-        every statement on the same snapshot (REPEATABLE READ)."""
+        every statement on the same snapshot (REPEATABLE READ). `opening`: a statement sent
+        in BEGIN's message (its command tag is `uow.opened`)."""
         if self.spans is not None:
-            return traced_unit_of_work(self, scope, repository, self.spans, snapshot=snapshot)
-        return UnitOfWork(self, scope, repository, snapshot=snapshot)
+            unit = traced_unit_of_work(self, scope, repository, self.spans, snapshot=snapshot)
+        else:
+            unit = UnitOfWork(self, scope, repository, snapshot=snapshot)
+        unit.opening = opening
+        return unit
 
     def trace(self, tracer: Tracer) -> None:
         """Make a span of each statement, COPY and transaction step inside a recording span."""

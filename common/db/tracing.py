@@ -203,11 +203,11 @@ class TracedUnitOfWork(UnitOfWork[R]):
     def _executor(self, conn: asyncpg.Connection) -> Executor:
         return TracedExecutor(conn, self._spans, self._parent)
 
-    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> None:
+    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> str:
         span = self._begin if name == "BEGIN" and self._begin is not None else None
         span = span or self._spans.start(self._parent, name, **{"db.operation": name})
         with ended(span):
-            await super()._control(conn, sql, name)
+            return await super()._control(conn, sql, name)
 
 
 def traced_unit_of_work(

@@ -21,7 +21,9 @@ R = TypeVar("R")
 RepositoryFactory = Callable[[Executor, TenantScope], R]
 
 
-def _quote(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """`value` as an SQL string literal, for the few statements sent as text (see
+    `_begin_sql`); everything else binds its values."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -30,20 +32,21 @@ def _quote(value: str) -> str:
 SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
-def _begin_sql(scope: TenantScope | None, snapshot: bool = False) -> str:
+def _begin_sql(scope: TenantScope | None, snapshot: bool = False, opening: str = "") -> str:
     """BEGIN and the caller's tenant, read by the row-level security policies (local to the
     transaction), in one message: one round trip instead of two per call. SET LOCAL rather than
     set_config(): Citus passes SET LOCAL on to the workers, where the shards' policies read
     the settings (docs/scaling.md). The values are ids the token verifier checked as UUIDs;
-    quoting keeps the statement well-formed regardless."""
+    quoting keeps the statement well-formed regardless. `opening`, when given, is one more
+    statement for the same message (a request id's claim, common.idempotency)."""
     begin = SNAPSHOT if snapshot else "BEGIN"
-    if scope is None:
-        return begin
-    return (
-        f"{begin}; SET LOCAL app.organization_id = {_quote(scope.organization_id or '')}; "
-        f"SET LOCAL app.user_id = {_quote(scope.user_id)}; "
-        f"SET LOCAL app.global_access = '{'on' if scope.global_access else 'off'}'"
-    )
+    if scope is not None:
+        begin = (
+            f"{begin}; SET LOCAL app.organization_id = {sql_literal(scope.organization_id or '')}; "
+            f"SET LOCAL app.user_id = {sql_literal(scope.user_id)}; "
+            f"SET LOCAL app.global_access = '{'on' if scope.global_access else 'off'}'"
+        )
+    return f"{begin}; {opening}" if opening else begin
 
 
 class UnitOfWork(Generic[R]):
@@ -53,6 +56,7 @@ class UnitOfWork(Generic[R]):
     UNAVAILABLE if it is not back in time, or is lost once the block has begun."""
 
     __slots__ = (
+        "_closing",
         "_committed",
         "_conn",
         "_db",
@@ -60,6 +64,8 @@ class UnitOfWork(Generic[R]):
         "_scope",
         "_snapshot",
         "executor",
+        "opened",
+        "opening",
         "repo",
     )
 
@@ -80,6 +86,11 @@ class UnitOfWork(Generic[R]):
         self._factory = factory
         self._committed = False
         self._conn: asyncpg.Connection | None = None
+        # A statement sent in BEGIN's message, and the command tag of the message's last
+        # statement; statements sent in COMMIT's message (see `send_with_commit`).
+        self.opening = ""
+        self.opened = ""
+        self._closing: list[str] = []
 
     async def __aenter__(self) -> UnitOfWork[R]:
         outage, until = self._db.outage, None
@@ -108,7 +119,8 @@ class UnitOfWork(Generic[R]):
         pool = self._db.pool or await self._db.open()
         conn = self._conn = await self._acquire(pool)
         self.executor = self._executor(conn)
-        await self._control(conn, _begin_sql(self._scope, self._snapshot), "BEGIN")
+        begin = _begin_sql(self._scope, self._snapshot, self.opening)
+        self.opened = await self._control(conn, begin, "BEGIN")
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
         # No timer on the wait for a connection: the call's deadline bounds it.
@@ -117,15 +129,21 @@ class UnitOfWork(Generic[R]):
     def _executor(self, conn: asyncpg.Connection) -> Executor:
         return Executor(conn)
 
-    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> None:
+    async def _control(self, conn: asyncpg.Connection, sql: str, name: str) -> str:
         """Runs a transaction control statement (`name` is what it does: BEGIN, COMMIT,
-        ROLLBACK; `sql` may carry the tenant)."""
-        await conn.execute(sql)
+        ROLLBACK; `sql` may carry the tenant, and statements sent along); its command tag."""
+        status: str = await conn.execute(sql)
+        return status
+
+    def send_with_commit(self, sql: str) -> None:
+        """`sql` (a statement as text, its values written as `sql_literal`s) is sent in COMMIT's
+        message, before it: a last write that costs no round trip of its own."""
+        self._closing.append(sql)
 
     async def commit(self) -> None:
         assert self._conn is not None
         try:
-            await self._control(self._conn, "COMMIT", "COMMIT")
+            await self._control(self._conn, "; ".join([*self._closing, "COMMIT"]), "COMMIT")
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc

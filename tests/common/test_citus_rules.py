@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from progress.v1 import progress_pb2
 from sqlalchemy import Executable, Table
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause
@@ -29,8 +31,11 @@ from academic_years_service import statements as ay_statements
 from academic_years_service.app import DEFINITION as AY
 from academic_years_service.domain import AcademicYearFilter
 from bench.scratch import scratch_database
+from common.auth import Principal
 from common.db import asyncpg_dsn
+from common.idempotency import Once
 from common.migrations import upgrade
+from common.tenancy import tenant_scope
 from progress_service import csv as progress_csv
 from progress_service.app import DEFINITION as PROGRESS
 from progress_service.repository import UserProgressRepository
@@ -211,7 +216,6 @@ def tenant_statements() -> Iterator[tuple[str, Executable]]:
     yield "progress import count", progress_csv._existing_statement()
     for store in (*PROGRESS.request_ids, *AY.request_ids):
         yield f"{store.table.name} lookup", store.lookup_statement
-        yield f"{store.table.name} answer", store.keep_statement
 
 
 def test_the_shard_check_sees_a_global_callers_fan_out() -> None:
@@ -230,6 +234,23 @@ def test_every_tenant_statement_runs_on_one_shard() -> None:
         if (tables := unpinned(statement, distributed))
     ]
     assert not fanning, "statements that would fan out to every shard:\n" + "\n".join(fanning)
+
+
+def test_the_request_id_statements_sent_as_text_name_their_organization() -> None:
+    """The claim and the answer go in BEGIN's and COMMIT's messages as text (no bind
+    parameters for the check above to see): each names the organization by its value."""
+    org = "0b7e6c7e-3f0a-4a55-9d8e-1d2f3a4b5c6d"
+    scope = tenant_scope(
+        Principal("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", org, None, False, frozenset())
+    )
+    request = progress_pb2.UpsertUserProgressRequest(request_id=str(uuid.uuid4()))
+    once = Once.unary("UpsertUserProgress", request, lambda r: r, progress_pb2.UserProgress)
+    assert once.key is not None
+    for store in (*PROGRESS.request_ids, *AY.request_ids):
+        claim = store.opening(scope, once)
+        assert '("organizationId", ' in claim and f"VALUES ('{org}', " in claim
+        answer = store.answer_statement(scope, once.key, b"answer", b"digest")
+        assert f"WHERE \"organizationId\" = '{org}' AND " in answer
 
 
 def test_the_compose_profile_migrates_then_distributes_then_serves() -> None:

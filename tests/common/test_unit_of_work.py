@@ -195,3 +195,32 @@ async def test_only_lost_connections_from_asyncpg_are_unavailable() -> None:
     assert is_unavailable(asyncpg.CannotConnectNowError("starting up"))
     assert not is_unavailable(asyncpg.exceptions._base.DataError("invalid input for $1"))
     assert not is_unavailable(asyncpg.UniqueViolationError("duplicate key"))
+
+
+async def test_statements_sent_with_begin_and_commit_share_their_transaction(
+    single: Database, progress: Harness
+) -> None:
+    """`opening` rides in BEGIN's message (its command tag is `opened`), `send_with_commit`
+    in COMMIT's: both in the unit's transaction, so without a commit neither lasts."""
+    async with single.unit_of_work(
+        None, lambda *_: None, opening="CREATE TEMP TABLE probe (n int) ON COMMIT PRESERVE ROWS"
+    ) as uow:
+        assert uow.opened == "CREATE TABLE"
+        await uow.executor.conn.execute("INSERT INTO probe VALUES (1)")
+        uow.send_with_commit("INSERT INTO probe VALUES (2)")
+        await uow.commit()
+    async with single.unit_of_work(None, lambda *_: None) as uow:
+        uow.send_with_commit("INSERT INTO probe VALUES (3)")  # no commit: never sent
+    async with single.unit_of_work(None, lambda *_: None) as uow:
+        found = await uow.executor.conn.fetch("SELECT n FROM probe ORDER BY n")
+        assert [r[0] for r in found] == [1, 2]
+        uow.send_with_commit("DROP TABLE probe")
+        await uow.commit()
+    with pytest.raises(Boom):
+        async with single.unit_of_work(
+            None, lambda *_: None, opening="CREATE TEMP TABLE gone (n int)"
+        ) as uow:
+            raise Boom
+    async with single.unit_of_work(None, lambda *_: None) as uow:
+        assert await uow.executor.conn.fetchval("SELECT to_regclass('pg_temp.gone')") is None
+    await assert_clean(single)
