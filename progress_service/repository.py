@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -43,6 +42,7 @@ COLUMNS = (
     t.c.createdAt,
     t.c.updatedAt,
 )
+_METADATA = COLUMNS.index(t.c["metadata"])  # its position in a record of `listed_columns`
 _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 # The list's one order, newest first; `user_progress_user_type_created` reads it.
 LIST_ORDER = keyset.SortKey("createdAt", descending=True)
@@ -75,11 +75,12 @@ def listed_columns(caps: ReadCaps) -> tuple[ColumnElement[Any], ...]:
 def listed_to_domain(record: Record, caps: ReadCaps) -> UserProgress:
     """A record of `listed_columns`; metadata past its cap is left out and named as cut (the
     service cuts the texts: `service.as_read`)."""
-    row = to_domain(record)
-    text = row.metadata
+    # Built in one go: a mapped row copied by dataclasses.replace cost a list page of 10 more
+    # than its statements' Python (bench list-cpu).
+    head, text, tail = record[:_METADATA], record[_METADATA], record[_METADATA + 1 :]
     if text is not None and len(text) > caps.metadata_chars:
-        return replace(row, metadata=None, truncated=("metadata",))
-    return replace(row, metadata=None if text is None else json.loads(text))
+        return UserProgress(*head, None, *tail, truncated=("metadata",))
+    return UserProgress(*head, None if text is None else json.loads(text), *tail)
 
 
 def on_conflict_update(statement: Insert) -> Insert:
