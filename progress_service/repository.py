@@ -42,7 +42,6 @@ COLUMNS = (
     t.c.createdAt,
     t.c.updatedAt,
 )
-_METADATA = COLUMNS.index(t.c["metadata"])  # its position in a record of `listed_columns`
 _CONFLICT_KEY = (t.c.organizationId, t.c.userId, t.c.progress_type, t.c.item_id)
 # The list's one order, newest first; `user_progress_user_type_created` reads it.
 LIST_ORDER = keyset.SortKey("createdAt", descending=True)
@@ -77,10 +76,29 @@ def listed_to_domain(record: Record, caps: ReadCaps) -> UserProgress:
     service cuts the texts: `service.as_read`)."""
     # Built in one go: a mapped row copied by dataclasses.replace cost a list page of 10 more
     # than its statements' Python (bench list-cpu).
-    head, text, tail = record[:_METADATA], record[_METADATA], record[_METADATA + 1 :]
-    if text is not None and len(text) > caps.metadata_chars:
-        return UserProgress(*head, None, *tail, truncated=("metadata",))
-    return UserProgress(*head, None if text is None else json.loads(text), *tail)
+    # Unpacked by position (the order of `listed_columns`), which mypy can check.
+    id_, progress_type, item_id, value, score, text, org, campus, user, created, updated = record
+    metadata: Any = None
+    truncated: tuple[str, ...] = ()
+    if text is not None:
+        if len(text) > caps.metadata_chars:
+            truncated = ("metadata",)
+        else:
+            metadata = json.loads(text)
+    return UserProgress(
+        id_,
+        progress_type,
+        item_id,
+        value,
+        score,
+        metadata,
+        org,
+        campus,
+        user,
+        created,
+        updated,
+        truncated,
+    )
 
 
 def on_conflict_update(statement: Insert) -> Insert:
