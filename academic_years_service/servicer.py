@@ -54,7 +54,7 @@ def to_proto(year: AcademicYear) -> pb.AcademicYear:
         organization=_reference(year.organization) if year.organization else None,
         classes_academic_year=[_reference(r) for r in year.classes],
         timetables_academic_year=[_reference(r) for r in year.timetables],
-        truncated_fields=year.truncated,
+        truncated_fields=year.truncated or None,  # as progress's to_proto: none set, no cost
     )
 
 

@@ -98,7 +98,16 @@ for _name, _column in (
     Index(_name, y.c.organizationId, _column, y.c.id, postgresql_where=LIVE)
 # A global-access caller's default order, over every organization.
 Index("academic_years_created", y.c.createdAt.desc(), y.c.id.desc(), postgresql_where=LIVE)
-# The case-insensitive substring filter and autocomplete (pg_trgm).
+# The case-insensitive substring filter and autocomplete within one organization (pg_trgm,
+# with btree_gin for the uuid), and across all of them for a global-access caller.
+Index(
+    "academic_years_org_name_trgm",
+    y.c.organizationId,
+    y.c.name,
+    postgresql_using="gin",
+    postgresql_ops={"name": "gin_trgm_ops"},
+    postgresql_where=LIVE,
+)
 Index(
     "academic_years_name_trgm",
     y.c.name,
@@ -110,5 +119,5 @@ Index(
 Index("classes_academic_year_id", classes.c.academic_yearId)
 Index("timetables_academic_year_id", timetables.c.academic_yearId)
 
-# Answers of writes sent with a request id (migration 0005, common.idempotency).
+# Answers of writes sent with a request id (migration 0006, common.idempotency).
 request_ids = request_ids_table("academic_years_request_ids", metadata)

@@ -84,12 +84,18 @@ async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[byte
     raise SystemExit("the server did not start")
 
 
-def prepare_copy_table(url: str) -> None:
-    """A table built like academic_years (same indexes) that `\\copy` can fill from the file."""
-    psql(url, "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy "
-              "(LIKE academic_years INCLUDING ALL); ALTER TABLE bench_copy "
-              'ALTER id SET DEFAULT gen_random_uuid(), ALTER "createdAt" SET DEFAULT now(), '
-              'ALTER "updatedAt" SET DEFAULT now()')  # fmt: skip
+def prepare_copy_table(url: str, org: str) -> None:
+    """A table built like academic_years (same indexes) that `\\copy` can fill from the file,
+    each row in the bench's organization, as the service's import places them."""
+    defaults = (
+        'ALTER id SET DEFAULT gen_random_uuid(), ALTER "createdAt" SET DEFAULT now(), '
+        f'ALTER "updatedAt" SET DEFAULT now(), ALTER "organizationId" SET DEFAULT \'{org}\''
+    )
+    psql(
+        url,
+        "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy "
+        f"(LIKE academic_years INCLUDING ALL); ALTER TABLE bench_copy {defaults}",
+    )
 
 
 def psql_copy_in(url: str, csv_path: Path) -> float:
@@ -144,7 +150,7 @@ async def measure(
                 service_first = (turn % 2 == 0) != psql_first
                 if turn:
                     psql(plain_url, "TRUNCATE academic_years")
-                prepare_copy_table(plain_url)
+                prepare_copy_table(plain_url, org)
                 if not service_first:
                     copy_in_s = min(
                         copy_in_s, await asyncio.to_thread(psql_copy_in, plain_url, csv_path)

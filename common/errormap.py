@@ -36,7 +36,9 @@ class ErrorInterceptor(WrappingInterceptor):
         self._access_log = access_log
 
     def around(self, method: str, handler: Handler) -> Around:
-        return _Mapped(method, self._domain, self._access_log)
+        # Whether requests come as a stream is the method's, known here: not asked per call.
+        mapped = _MappedStream if handler.request_streaming else _Mapped
+        return mapped(method, self._domain, self._access_log)
 
 
 class _Mapped(Around):
@@ -55,8 +57,6 @@ class _Mapped(Around):
         return time.perf_counter(), request_id(context)
 
     def request(self, request: Any) -> Any:
-        if hasattr(request, "__aiter__"):  # a client stream
-            return _checked_stream(request)
         return _check_decoded(request)
 
     def done(self, state: tuple[float, str]) -> None:
@@ -89,6 +89,13 @@ class _Mapped(Around):
         self._access_log.finished(self._method, mapped.code, *state, reason=mapped.reason)
         status = to_grpc_status(mapped, self._domain)
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class _MappedStream(_Mapped):
+    """A client-streaming method's calls: each request of the stream checked as it comes."""
+
+    def request(self, request: Any) -> Any:
+        return _checked_stream(request)
 
 
 class _Undecodable:

@@ -34,6 +34,8 @@ DERIVATION_LABEL = b"school-grpc page_token v1"
 # characters, 2000 bytes in UTF-8) and an id.
 MAX_TOKEN_CHARS = 4096
 FIELD = "pageToken"  # as violations name it: the JSON name a REST caller sends
+# One compact encoder: json.dumps with separators builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def invalid() -> ValidationError:
@@ -100,7 +102,7 @@ class PageTokens:
         return hmac.digest(self._key, VERSION + bound + payload, "sha256")[:TAG_BYTES]
 
     def issue(self, bound: bytes, position: list[Any]) -> str:
-        payload = json.dumps(position, separators=(",", ":")).encode()
+        payload = _COMPACT.encode(position).encode()
         raw = VERSION + payload + self._tag(bound, payload)
         return b64url.encode(raw)
 

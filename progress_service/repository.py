@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -80,11 +79,31 @@ def listed_columns(caps: ReadCaps) -> tuple[ColumnElement[Any], ...]:
 def listed_to_domain(record: Record, caps: ReadCaps) -> UserProgress:
     """A record of `listed_columns`; metadata past its cap is left out and named as cut (the
     service cuts the texts: `service.as_read`)."""
-    row = to_domain(record)
-    text = row.metadata
-    if text is not None and len(text) > caps.metadata_chars:
-        return replace(row, metadata=None, truncated=("metadata",))
-    return replace(row, metadata=None if text is None else json.loads(text))
+    # Built in one go: a mapped row copied by dataclasses.replace cost a list page of 10 more
+    # than its statements' Python (bench list-cpu).
+    # Unpacked by position (the order of `listed_columns`), which mypy can check.
+    id_, progress_type, item_id, value, score, text, org, campus, user, created, updated = record
+    metadata: Any = None
+    truncated: tuple[str, ...] = ()
+    if text is not None:
+        if len(text) > caps.metadata_chars:
+            truncated = ("metadata",)
+        else:
+            metadata = json.loads(text)
+    return UserProgress(
+        id_,
+        progress_type,
+        item_id,
+        value,
+        score,
+        metadata,
+        org,
+        campus,
+        user,
+        created,
+        updated,
+        truncated,
+    )
 
 
 def on_conflict_update(statement: Insert) -> Insert:

@@ -33,7 +33,9 @@ def to_proto(record: UserProgress) -> progress_pb2.UserProgress:
         user_id=record.user_id,
         created_at=timestamp(record.created_at),
         updated_at=timestamp(record.updated_at),
-        truncated_fields=record.truncated,
+        # None when nothing was cut (nearly always): setting an empty repeated field costs a
+        # page of 10 rows ~3.5 us in upb's constructor, for the same message.
+        truncated_fields=record.truncated or None,
     )
 
 

@@ -31,6 +31,7 @@ INDEXES = {
     "academic_years_org_current",
     "academic_years_created",
     "academic_years_name_trgm",
+    "academic_years_org_name_trgm",
     "classes_academic_year_id",
     "timetables_academic_year_id",
 }

@@ -220,3 +220,28 @@ def test_the_cases_cover_every_filter_and_order() -> None:
             assert any(f", {field} {direction}," in label for label in labels), field
     for field in dataclasses.fields(AcademicYearFilter):
         assert any(getattr(f, field.name) is not None for f in FILTERS.values()), field.name
+
+
+def test_a_callers_name_filter_reads_only_its_organizations_trigrams(big_table: str) -> None:
+    """The trigram index of every organization would find the matches of all of them first
+    (its cost growing with the table); the caller's is keyed by organization."""
+    shape, params = st.filter_binds(FILTERS["name"])
+    params |= {"scope_org": CALLER_ORG, "limit": 11}
+    statements = {
+        "count": st.count_statement(False, shape),
+        "first page": st.keyset_statement(False, shape, Ordering(), None),
+    }
+
+    async def plans() -> dict[str, str]:
+        conn = await connect(big_table)
+        try:
+            return {
+                label: summary(await explain(conn, statement, params, generic=False))
+                for label, statement in statements.items()
+            }
+        finally:
+            await conn.close()
+
+    for label, plan in asyncio.run(plans()).items():
+        assert "academic_years_org_name_trgm" in plan, f"{label}: {plan}"
+        assert "(academic_years_name_trgm)" not in plan, f"{label}: {plan}"

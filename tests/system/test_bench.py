@@ -54,3 +54,20 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
     assert set(plans) == set(PLANNED)
     assert len(plans["ay.list-name-filter"]) == 2 and len(plans["page.last-token@deep"]) == 1
     assert all("Execution Time" in plan for texts in plans.values() for plan in texts)
+
+
+def test_quick_csv_benchmark_imports_and_exports_through_both_paths(
+    tmp_path: Path, server_url: str
+) -> None:
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    done = subprocess.run(  # our own interpreter and module
+        [sys.executable, "-m", "bench", "csv", "--rows", "2000", "--rounds", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for line in ("import via gRPC", "psql \\copy in", "export via gRPC", "psql \\copy out"):
+        assert line in done.stdout, done.stdout

@@ -1,8 +1,8 @@
 """academic_years_request_ids: the answers of Create, Update, Delete, BatchDelete and the import
 when sent with a request id (AIP-155), kept for their retries.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2027-02-02
 
 What common.idempotency.create_store makes (progress revision 0004 makes the same for its
@@ -17,8 +17,8 @@ from alembic import op
 
 from common.idempotency import create_store, drop_store
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
