@@ -38,7 +38,7 @@ from common.config import Limits
 from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.csvstream.watch import ImportTracker
-from common.db import Database, new_id
+from common.db import Database, UnitOfWork, new_id
 from common.errors import AlreadyExistsError, FieldViolation, NotFoundError, ValidationError
 from common.idempotency import Once, Stored
 from common.limits import clip
@@ -48,6 +48,7 @@ from common.tenancy import TenantScope, require_permission, tenant_scope
 from common.validation import text_violations
 
 MAX_BATCH_IDS = 1000
+Writing = UnitOfWork[AcademicYearsRepository]
 REPORTED_LINES = 20
 LISTING = "academic_years.v1.AcademicYearsService/ListAcademicYears"
 
@@ -222,8 +223,8 @@ class AcademicYearsService:
         return as_read(year, self._max_references)
 
     # Each write takes an optional `once`: its request id, under which the answer of the first
-    # call with it is kept, in the write's transaction, and given again to a retry without
-    # writing (common.idempotency).
+    # call with it is kept, committed with the write, and given again to a retry, which writes
+    # nothing (common.idempotency).
 
     async def create(
         self,
@@ -233,14 +234,11 @@ class AcademicYearsService:
     ) -> AcademicYear | Stored:
         scope = authorize(principal, CREATE)
         values = validate_input(data)
-        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
-            async def work() -> AcademicYear:
-                return self._read(await uow.repo.create(values.id or new_id(), values))
+        async def work(uow: Writing) -> AcademicYear:
+            return self._read(await uow.repo.create(values.id or new_id(), values))
 
-            answer = await REQUEST_IDS.run(uow, scope, once, work)
-            await uow.commit()
-        return answer
+        return await REQUEST_IDS.write(self._db, scope, AcademicYearsRepository, once, work)
 
     async def update(
         self,
@@ -257,14 +255,11 @@ class AcademicYearsService:
         if values.id is not None and values.id != year_id:
             raise ValidationError.field("data.id", "must be omitted or equal id")
         expected = etags.parse(etag)
-        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
-            async def work() -> AcademicYear:
-                return self._found(await uow.repo.update(year_id, values, expected))
+        async def work(uow: Writing) -> AcademicYear:
+            return self._found(await uow.repo.update(year_id, values, expected))
 
-            answer = await REQUEST_IDS.run(uow, scope, once, work)
-            await uow.commit()
-        return answer
+        return await REQUEST_IDS.write(self._db, scope, AcademicYearsRepository, once, work)
 
     async def delete(
         self,
@@ -277,17 +272,15 @@ class AcademicYearsService:
         scope = authorize(principal, DELETE)
         year_id = _id(year_id, "id")
         expected = etags.parse(etag)
-        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
 
-            async def work() -> AcademicYear:
-                return self._found(await uow.repo.soft_delete(year_id, expected))
+        async def work(uow: Writing) -> AcademicYear:
+            return self._found(await uow.repo.soft_delete(year_id, expected))
 
-            answer = await REQUEST_IDS.run(uow, scope, once, work)
-            await uow.commit()
-        return answer
+        return await REQUEST_IDS.write(self._db, scope, AcademicYearsRepository, once, work)
 
     def _found(self, year: AcademicYear | None) -> AcademicYear:
-        """The year as read, or NOT_FOUND (raised inside the unit of work: nothing commits)."""
+        """The year as read, or NOT_FOUND (raised inside the unit of work: nothing commits, and a
+        retry of a write that did is answered with its stored answer)."""
         if year is None:
             raise not_found()
         return self._read(year)
@@ -310,12 +303,11 @@ class AcademicYearsService:
         if violations:
             raise ValidationError(violations)
         ordered = sorted(i for i in clean if i is not None)
-        async with REQUEST_IDS.unit_of_work(self._db, scope, AcademicYearsRepository, once) as uow:
-            answer = await REQUEST_IDS.run(
-                uow, scope, once, lambda: uow.repo.soft_delete_many(ordered)
-            )
-            await uow.commit()
-        return answer
+
+        async def work(uow: Writing) -> int:
+            return await uow.repo.soft_delete_many(ordered)
+
+        return await REQUEST_IDS.write(self._db, scope, AcademicYearsRepository, once, work)
 
     async def get(self, principal: Principal, year_id: str) -> AcademicYear:
         scope = authorize(principal, READ)

@@ -2,18 +2,20 @@
 retry of the write is answered with that answer instead of being applied again.
 
 The key is (organization, caller, method, request id): an id is the caller's own, and another
-user's or organization's equal id is another operation. The first call with a key claims it
-(INSERT … ON CONFLICT DO NOTHING) in the same transaction as its write and stores its answer
-there before committing; so the claim, the write and the answer commit together or not at all.
-The claim goes in the transaction's BEGIN message and the answer in its COMMIT message, as
-text with literal values (as the tenant settings do, common.db.uow): a write with a request id
-costs no round trip more than one without, which in the benchmark was most of the id's cost.
-A concurrent call with the same key waits on the key's unique index until that transaction
-ends: after a commit it reads the stored answer, after a rollback its own claim goes through
-and it does the work. A retry never writes: it is answered with the stored bytes, whatever
-happened to the row since. Only answers are stored, never errors (an error rolls the claim
-back, and a retry is tried afresh). A digest of the request is stored with the answer: the
-same id with another request is INVALID_ARGUMENT naming the id.
+user's or organization's equal id is another operation. A write with an id stores its answer
+under the key in its own transaction, sent with the COMMIT (one message, as text with literal
+values, as the tenant settings are sent with BEGIN, common.db.uow): the write and its answer
+commit together or not at all, at no round trip more than the write alone. When the key is
+taken already, the answer's INSERT fails on the key's unique index and the write rolls back;
+the stored answer is read and given instead. So a retry never writes, whatever happened to the
+row since; and of concurrent calls with one key, the later ones wait on the unique index for
+the first one's transaction: after its commit they roll back and answer with its answer, after
+its rollback one of them stores its own. A retry whose write is refused (a Delete of a year the
+first call deleted, a Create of an id it took, an etag it moved past) is answered the same way.
+A streamed write (a CSV import) looks for a stored answer first, in its BEGIN message, so that
+a retry is answered before its file is read. Only answers are stored, never errors: a retry of
+a failed write is tried afresh. A digest of the request is stored with the answer: the same id
+with another request is INVALID_ARGUMENT naming the id.
 
 Answers are kept `REQUEST_ID_TTL_SECONDS` (a day by default) and then purged by each server
 in batches (`Purger`), by a SECURITY DEFINER function that each store's migration creates:
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
+import asyncpg
 from google.protobuf.message import Message
 from sqlalchemy import (
     Column,
@@ -44,18 +47,15 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
-    and_,
     bindparam,
     func,
-    literal,
     select,
 )
-from sqlalchemy.dialects.postgresql import insert
 
 from common import rls
 from common.db import UUID_TYPE, Database, Executor, UnitOfWork, UtcDateTime, is_unavailable
 from common.db.uow import RepositoryFactory, sql_literal
-from common.errors import FieldViolation, ValidationError
+from common.errors import FieldViolation, ServiceError, UnavailableError, ValidationError
 from common.tenancy import TenantScope
 from common.validation import canonical_uuid
 
@@ -74,11 +74,12 @@ NO_ORGANIZATION = "00000000-0000-0000-0000-000000000000"
 # of the file's first bytes only (a different file under a reused id is caught by its start).
 IMPORT_HEAD_BYTES = 64 * 1024
 REUSED_REASON = "REQUEST_ID_REUSED"
-CLAIMED = "INSERT 0 1"  # the claim's command tag when it took the key
-# A claim that found the key taken, then the row gone (purged in between), claims again.
-CLAIM_ATTEMPTS = 3
+STORED = "SELECT 1"  # `exists_statement`'s command tag when an answer is stored
+# A write whose answer found the key taken, and then no answer under it (purged in between),
+# is written again.
+WRITE_ATTEMPTS = 3
 # What the app role needs on a store (the purge runs as the function's owner).
-APP_PRIVILEGES = "SELECT, INSERT, UPDATE"
+APP_PRIVILEGES = "SELECT, INSERT"
 
 PURGE_BATCH = 1000
 PURGE_PAUSE_SECONDS = 0.05  # between two batches of one purge: let the writers through
@@ -199,10 +200,9 @@ class Once(Generic[T, M]):
         return self._head.passing()
 
     @property
-    def claimed_digest(self) -> bytes:
-        """The digest a claim is stored with: a unary request's; none for a stream, whose
-        answer brings its digest along (a claim is seen by others only with its answer)."""
-        return self._digest
+    def is_stream(self) -> bool:
+        """A client stream's write (`read_through`): a retry is answered before it is read."""
+        return self._head is not None
 
     async def digest(self) -> bytes:
         """The request's digest; a stream's once its head has been read (a stream that the
@@ -235,8 +235,7 @@ def request_ids_table(name: str, metadata: MetaData) -> Table:
         Column("method", Text, nullable=False),
         Column("requestId", UUID_TYPE, nullable=False),
         Column("digest", LargeBinary, nullable=False),
-        # NULL only inside the claiming transaction: it is set before that one commits.
-        Column("response", LargeBinary),
+        Column("response", LargeBinary, nullable=False),
         Column("createdAt", UtcDateTime, nullable=False),
         PrimaryKeyConstraint(
             "organizationId", "userId", "method", "requestId", name=f"{name}_pkey"
@@ -250,44 +249,22 @@ def purge_function(table: str) -> str:
 
 
 class RequestIds:
-    """One service's store: claims, stored answers and their purge, on `table`
-    (`request_ids_table`)."""
+    """One service's store: stored answers, the writes that store them, and their purge, on
+    `table` (`request_ids_table`)."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self.function = purge_function(table.name)
 
     @cached_property
-    def _key(self) -> Any:
+    def lookup_statement(self) -> Executable:
         c = self.table.c
-        return and_(
+        return select(c.digest, c.response).where(
             c.organizationId == bindparam("k_org", type_=UUID_TYPE),
             c.userId == bindparam("k_user", type_=UUID_TYPE),
             c.method == bindparam("k_method"),
             c.requestId == bindparam("k_id", type_=UUID_TYPE),
         )
-
-    @cached_property
-    def claim_statement(self) -> Executable:
-        values = {
-            "organizationId": bindparam("k_org", type_=UUID_TYPE),
-            "userId": bindparam("k_user", type_=UUID_TYPE),
-            "method": bindparam("k_method"),
-            "requestId": bindparam("k_id", type_=UUID_TYPE),
-            "digest": bindparam("digest", type_=LargeBinary),
-            "createdAt": func.now(),
-        }
-        return (
-            insert(self.table)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=list(self.table.primary_key.columns))
-            .returning(literal(1))
-        )
-
-    @cached_property
-    def lookup_statement(self) -> Executable:
-        c = self.table.c
-        return select(c.digest, c.response).where(self._key)
 
     @cached_property
     def purge_statement(self) -> Executable:
@@ -302,89 +279,115 @@ class RequestIds:
             "k_id": key.request_id,
         }
 
-    def unit_of_work(
-        self,
-        db: Database,
-        scope: TenantScope,
-        repository: RepositoryFactory[R],
-        once: Once[Any, Any] | None,
-    ) -> UnitOfWork[R]:
-        """The write's unit of work, its BEGIN carrying `once`'s claim (`opening`)."""
-        return db.unit_of_work(scope, repository, opening=self.opening(scope, once))
-
-    def opening(self, scope: TenantScope, once: Once[Any, Any] | None) -> str:
-        """The claim, sent in the write's BEGIN message (`db.unit_of_work(…, opening=…)`) so
-        that it costs no round trip of its own; "" without a request id. As text: the ids are
-        ones the token verifier and `checked_id` made canonical UUIDs, the method one of ours,
-        the digest hex; each is written as a literal regardless."""
-        if once is None or once.key is None:
-            return ""
-        key = self._literals(scope, once.key)
-        return (
-            f'INSERT INTO "{self.table.name}" ("organizationId", "userId", method, "requestId", '  # noqa: S608
-            f'digest, "createdAt") VALUES ({key["organizationId"]}, {key["userId"]}, '
-            f"{key['method']}, {key['requestId']}, {_hex(once.claimed_digest)}, now()) "
-            "ON CONFLICT DO NOTHING"
-        )
+    def _literals(self, scope: TenantScope, key: RequestKey) -> dict[str, str]:
+        names = ("organizationId", "userId", "method", "requestId")
+        values = self._binds(scope, key).values()
+        return {name: sql_literal(str(v)) for name, v in zip(names, values, strict=True)}
 
     def answer_statement(
         self, scope: TenantScope, key: RequestKey, response: bytes, digest: bytes
     ) -> str:
-        """The answer's UPDATE, sent in COMMIT's message (values as in `opening`)."""
-        where = " AND ".join(f'"{c}" = {v}' for c, v in self._literals(scope, key).items())
+        """The answer's INSERT, sent in COMMIT's message so that it costs no round trip of its
+        own. As text: the ids are ones the token verifier and `checked_id` made canonical
+        UUIDs, the method one of ours, the bytes hex; each is written as a literal regardless."""
+        key_values = ", ".join(self._literals(scope, key).values())
         return (
-            f'UPDATE "{self.table.name}" SET response = {_hex(response)}, '  # noqa: S608
-            f"digest = {_hex(digest)} WHERE {where}"
+            f'INSERT INTO "{self.table.name}" ("organizationId", "userId", method, "requestId", '  # noqa: S608
+            f'digest, response, "createdAt") VALUES ({key_values}, {_hex(digest)}, '
+            f"{_hex(response)}, now())"
         )
 
-    @staticmethod
-    def _literals(scope: TenantScope, key: RequestKey) -> dict[str, str]:
-        binds = RequestIds._binds(scope, key)
-        names = ("organizationId", "userId", "method", "requestId")
-        return {
-            name: sql_literal(str(value)) for name, value in zip(names, binds.values(), strict=True)
-        }
+    def exists_statement(self, scope: TenantScope, key: RequestKey) -> str:
+        """Whether an answer is stored under `key` (its command tag: SELECT 1 or SELECT 0),
+        sent in BEGIN's message; literals as in `answer_statement`."""
+        where = " AND ".join(f'"{c}" = {v}' for c, v in self._literals(scope, key).items())
+        return f'SELECT 1 FROM "{self.table.name}" WHERE {where}'  # noqa: S608
 
-    async def run(
+    async def write(
         self,
-        uow: UnitOfWork[Any],
+        db: Database,
         scope: TenantScope,
+        repository: RepositoryFactory[R],
         once: Once[T, Any] | None,
-        work: Callable[[], Awaitable[T]],
+        work: Callable[[UnitOfWork[R]], Awaitable[T]],
     ) -> T | Stored:
-        """`work()` inside `uow`, once per request id: the stored answer when the id was used
-        before; else `work()`'s result, whose answer goes with the commit. Without a request
-        id, just `work()`. `uow` was opened with `opening(scope, once)`."""
+        """`work(uow)` in a unit of work for `scope`, committed; with a request id (`once`),
+        once: the answer goes in with the commit, and a key already taken (before, or by a
+        concurrent call that commits first) rolls this write back and answers the stored
+        answer. A streamed write's stored answer is found before the stream is read."""
         if once is None or once.key is None:
-            return await work()
-        if uow.opened != CLAIMED:
-            stored = await self._settle(uow.executor, once, self._binds(scope, once.key))
-            if stored is not None:
-                return stored
-        result = await work()
-        answer = self.answer_statement(scope, once.key, once.encode(result), await once.digest())
-        uow.send_with_commit(answer)
+            async with db.unit_of_work(scope, repository) as uow:
+                result = await work(uow)
+                await uow.commit()
+            return result
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return await self._write_once(db, scope, repository, once, work)
+            except Exception as error:
+                if not self._maybe_answered(error):
+                    raise
+                stored = await self._stored(db, scope, once)
+                if stored is not None:
+                    return stored
+                if not self._taken(error):
+                    raise  # the write's own error, and no answer to give instead
+                # The key was taken, and purged before it could be read: write again.
+        raise RuntimeError(f"{self.table.name}: the key was taken and gone {WRITE_ATTEMPTS} times")
+
+    async def _write_once(
+        self,
+        db: Database,
+        scope: TenantScope,
+        repository: RepositoryFactory[R],
+        once: Once[T, Any],
+        work: Callable[[UnitOfWork[R]], Awaitable[T]],
+    ) -> T | Stored:
+        assert once.key is not None
+        opening = self.exists_statement(scope, once.key) if once.is_stream else ""
+        async with db.unit_of_work(scope, repository, opening=opening) as uow:
+            if opening and uow.opened == STORED:
+                stored = await self._read(uow.executor, scope, once)
+                if stored is not None:
+                    return stored
+            result = await work(uow)
+            response, digest = once.encode(result), await once.digest()
+            uow.send_with_commit(self.answer_statement(scope, once.key, response, digest))
+            await uow.commit()
         return result
 
-    async def _settle(
-        self, executor: Executor, once: Once[Any, Any], binds: dict[str, Any]
+    def _taken(self, error: BaseException) -> bool:
+        """`error` is the answer's INSERT finding its key taken."""
+        return (
+            isinstance(error, asyncpg.UniqueViolationError)
+            and error.constraint_name == f"{self.table.name}_pkey"
+        )
+
+    def _maybe_answered(self, error: BaseException) -> bool:
+        """A write that failed so may be a retry: its key taken, or the write refused (a retried
+        Delete finds its year gone, a retried Create its id taken, …)."""
+        if isinstance(error, UnavailableError):
+            return False
+        return isinstance(error, ServiceError) or self._taken(error)
+
+    async def _stored(
+        self, db: Database, scope: TenantScope, once: Once[Any, Any]
     ) -> Stored | None:
-        """After a claim that found its key taken: the answer stored under it; or None once
-        this transaction holds the key (the row was purged meanwhile, and claimed again)."""
+        async with db.unit_of_work(scope, _no_repository) as uow:
+            return await self._read(uow.executor, scope, once)
+
+    async def _read(
+        self, executor: Executor, scope: TenantScope, once: Once[Any, Any]
+    ) -> Stored | None:
+        """The answer stored under `once`'s key, if any; INVALID_ARGUMENT naming the id when
+        it was stored for another request."""
         assert once.key is not None
-        for _ in range(CLAIM_ATTEMPTS):
-            found = await executor.row(self.lookup_statement, binds)
-            if found is not None:
-                if found["digest"] != await once.digest():
-                    reused = "was used for a different request: send a new id for a new operation"
-                    field = once.key.field
-                    raise ValidationError([FieldViolation(field, reused)], reason=REUSED_REASON)
-                if found["response"] is None:
-                    raise RuntimeError(f"{self.table.name}: a committed claim without an answer")
-                return Stored(bytes(found["response"]))
-            if await executor.row(self.claim_statement, {**binds, "digest": once.claimed_digest}):
-                return None
-        raise RuntimeError(f"{self.table.name}: the key was taken and gone {CLAIM_ATTEMPTS} times")
+        found = await executor.row(self.lookup_statement, self._binds(scope, once.key))
+        if found is None:
+            return None
+        if found["digest"] != await once.digest():
+            reused = "was used for a different request: send a new id for a new operation"
+            raise ValidationError([FieldViolation(once.key.field, reused)], reason=REUSED_REASON)
+        return Stored(bytes(found["response"]))
 
     async def purge(self, db: Database, ttl_seconds: int, batch: int = PURGE_BATCH) -> int:
         """Deletes the answers older than `ttl_seconds`, of every tenant, a batch per
@@ -466,7 +469,7 @@ def create_store(bind: Any, table: str) -> None:
     bind.exec_driver_sql(
         f'CREATE TABLE "{table}" ('
         '"organizationId" uuid NOT NULL, "userId" uuid NOT NULL, method text NOT NULL, '
-        '"requestId" uuid NOT NULL, digest bytea NOT NULL, response bytea, '
+        '"requestId" uuid NOT NULL, digest bytea NOT NULL, response bytea NOT NULL, '
         '"createdAt" timestamptz NOT NULL, '
         f'CONSTRAINT "{table}_pkey" PRIMARY KEY ("organizationId", "userId", method, "requestId"))'
     )

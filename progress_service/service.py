@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from common import pagetoken
@@ -13,7 +12,7 @@ from common.config import Limits
 from common.csvstream import CsvReader
 from common.csvstream.transfer import export_csv, import_csv
 from common.csvstream.watch import ImportTracker
-from common.db import Database
+from common.db import Database, UnitOfWork
 from common.errors import ValidationError
 from common.idempotency import Once, Stored
 from common.pagetoken import PageTokens
@@ -58,11 +57,6 @@ def as_read(row: UserProgress, limits: Limits) -> UserProgress:
 LISTING = "progress.v1.UserProgressService/ListUserProgress"
 
 
-async def _upsert(repository: UserProgressRepository, data: UserProgressInput) -> UserProgress:
-    record, _created = await repository.upsert(data)
-    return record
-
-
 class UserProgressService:
     def __init__(
         self, db: Database, limits: Limits | None = None, tokens: PageTokens | None = None
@@ -84,10 +78,12 @@ class UserProgressService:
         first call with it, which a retry gets again without writing (common.idempotency)."""
         scope = tenant_scope(principal)
         clean = validate_input(data, self._limits)
-        async with REQUEST_IDS.unit_of_work(self._db, scope, UserProgressRepository, once) as uow:
-            answer = await REQUEST_IDS.run(uow, scope, once, partial(_upsert, uow.repo, clean))
-            await uow.commit()
-        return answer
+
+        async def work(uow: UnitOfWork[UserProgressRepository]) -> UserProgress:
+            record, _created = await uow.repo.upsert(clean)
+            return record
+
+        return await REQUEST_IDS.write(self._db, scope, UserProgressRepository, once, work)
 
     async def list(
         self,

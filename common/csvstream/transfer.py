@@ -10,7 +10,7 @@ from common.csvstream.export import stream_csv_pages
 from common.csvstream.reader import CsvReader
 from common.csvstream.staging import Staging, stage
 from common.csvstream.watch import CHECKING, DONE, WRITING, ImportTracker
-from common.db import Database
+from common.db import Database, UnitOfWork
 from common.db.uow import RepositoryFactory
 from common.idempotency import Once, RequestIds, Stored
 from common.tenancy import TenantScope
@@ -40,24 +40,23 @@ async def import_csv(
     answer before anything is read (common.idempotency)."""
     tracker = tracker or ImportTracker()
     tracker.follow(reader)
-    opening = "" if request_ids is None else request_ids.opening(scope, once)
-    async with db.unit_of_work(scope, repository, opening=opening) as uow:
 
-        async def work() -> T:
-            await stage(uow.executor, staging, tracker.staged(reader.rows()))
-            note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
-            tracker.phase = CHECKING
-            reader.raise_if_invalid()
-            if check is not None:
-                await check(uow.repo)
-            tracker.phase = WRITING
-            return await apply(uow.repo)
+    async def work(uow: UnitOfWork[R]) -> T:
+        await stage(uow.executor, staging, tracker.staged(reader.rows()))
+        note(**{"csv.rows": reader.rows_read, "csv.bytes": reader.bytes_read})
+        tracker.phase = CHECKING
+        reader.raise_if_invalid()
+        if check is not None:
+            await check(uow.repo)
+        tracker.phase = WRITING
+        return await apply(uow.repo)
 
-        if request_ids is None:
-            result: T | Stored = await work()
-        else:
-            result = await request_ids.run(uow, scope, once, work)
-        await uow.commit()
+    if request_ids is None:
+        async with db.unit_of_work(scope, repository) as uow:
+            result: T | Stored = await work(uow)
+            await uow.commit()
+    else:
+        result = await request_ids.write(db, scope, repository, once, work)
     tracker.phase = DONE
     return result
 

@@ -237,20 +237,22 @@ def test_every_tenant_statement_runs_on_one_shard() -> None:
 
 
 def test_the_request_id_statements_sent_as_text_name_their_organization() -> None:
-    """The claim and the answer go in BEGIN's and COMMIT's messages as text (no bind
-    parameters for the check above to see): each names the organization by its value."""
+    """The stored answer's INSERT and an import's look for one go in COMMIT's and BEGIN's
+    messages as text (no bind parameters for the check above to see): each names the
+    organization by its value, which puts it on one shard."""
     org = "0b7e6c7e-3f0a-4a55-9d8e-1d2f3a4b5c6d"
-    scope = tenant_scope(
-        Principal("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", org, None, False, frozenset())
-    )
+    user = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    scope = tenant_scope(Principal(user, org, None, False, frozenset()))
     request = progress_pb2.UpsertUserProgressRequest(request_id=str(uuid.uuid4()))
     once = Once.unary("UpsertUserProgress", request, lambda r: r, progress_pb2.UserProgress)
     assert once.key is not None
     for store in (*PROGRESS.request_ids, *AY.request_ids):
-        claim = store.opening(scope, once)
-        assert '("organizationId", ' in claim and f"VALUES ('{org}', " in claim
         answer = store.answer_statement(scope, once.key, b"answer", b"digest")
-        assert f"WHERE \"organizationId\" = '{org}' AND " in answer
+        assert (
+            '("organizationId", "userId", ' in answer and f"VALUES ('{org}', '{user}', " in answer
+        )
+        exists = store.exists_statement(scope, once.key)
+        assert f"WHERE \"organizationId\" = '{org}' AND " in exists
 
 
 def test_the_compose_profile_migrates_then_distributes_then_serves() -> None:
