@@ -38,7 +38,7 @@ def _begin_sql(scope: TenantScope | None, snapshot: bool = False, opening: str =
     set_config(): Citus passes SET LOCAL on to the workers, where the shards' policies read
     the settings (docs/scaling.md). The values are ids the token verifier checked as UUIDs;
     quoting keeps the statement well-formed regardless. `opening`, when given, is one more
-    statement for the same message (a request id's claim, common.idempotency)."""
+    statement for the same message (an import's look for its stored answer, common.idempotency)."""
     begin = SNAPSHOT if snapshot else "BEGIN"
     if scope is not None:
         begin = (
