@@ -13,9 +13,11 @@ from common import keyset
 from common.csvstream.writer import CHUNK_BYTES, header_line, rechunk
 from common.db.executor import Executor
 
-# Rows per COPY of an export: large enough that a COPY's start is noise, small enough that
-# each one is a short, index-ordered LIMIT query (one shard's worth of work on Citus).
-EXPORT_BATCH_ROWS = 10_000
+# Rows per COPY of an export: large enough that a COPY's start (its boundary query, the literal
+# rendering asyncpg does in two round trips, planning) is noise, small enough that each one is
+# an index-ordered LIMIT query (one shard's worth of work on Citus). Memory does not depend on
+# it: a COPY streams. 10,000 cost about 2.4 ms a batch, a quarter of the export's time.
+EXPORT_BATCH_ROWS = 100_000
 
 
 async def _with_header(header: Sequence[str], pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
