@@ -44,16 +44,19 @@ async def stream_csv(
 
 
 async def _pages(executor: Executor, walk: keyset.Walk, batch_rows: int) -> AsyncIterator[bytes]:
-    """Every page of `walk`, each one COPY; the key of a full page's last row (read first,
-    on the same snapshot) is where the next page starts."""
+    """Every page of `walk`, each one COPY; the key of a full page's last row (read after
+    it, on the same snapshot) is where the next page starts. A page the COPY did not fill is
+    the last one: no boundary query scans it a second time."""
     after: str | None = None
     position: dict[str, Any] = {}
     while True:
         params = {**walk.params, **position, "limit": batch_rows, "skip": batch_rows - 1}
-        last = await executor.row(walk.boundary(after), params)
         async with executor.copy_out(walk.page(after), params) as pieces:
             async for piece in pieces:
                 yield piece
+        if executor.copied is not None and executor.copied < batch_rows:
+            return
+        last = await executor.row(walk.boundary(after), params)
         if last is None:
             return
         after, position = keyset.resume_from_record(last, walk.key)
