@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import csv_bench, list_cpu, run, sqlpath, tenant_settings_cost, tracing_cost
+from bench import csv_bench, csv_export, list_cpu, run, sqlpath, tenant_settings_cost, tracing_cost
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ BENCHMARKS = {
         csv_bench.__doc__,
         csv_bench.main,
         csv_bench.add_arguments,
+    ),
+    "csv-export": Benchmark(
+        "academic-years CSV export in one process, raw COPY against the service, by batch size",
+        csv_export.__doc__,
+        csv_export.main,
+        csv_export.add_arguments,
     ),
     "sqlpath": Benchmark(
         "CPU per progress list call through each layer, in one process",

@@ -13,9 +13,11 @@ from common import keyset
 from common.csvstream.writer import CHUNK_BYTES, header_line, rechunk
 from common.db.executor import Executor
 
-# Rows per COPY of an export: large enough that a COPY's start is noise, small enough that
-# each one is a short, index-ordered LIMIT query (one shard's worth of work on Citus).
-EXPORT_BATCH_ROWS = 10_000
+# Rows per COPY of an export: large enough that a COPY's start (its boundary query, the literal
+# rendering asyncpg does in two round trips, planning) is noise, small enough that each one is
+# an index-ordered LIMIT query (one shard's worth of work on Citus). Memory does not depend on
+# it: a COPY streams. 10,000 cost about 2.4 ms a batch, a quarter of the export's time.
+EXPORT_BATCH_ROWS = 100_000
 
 
 async def _with_header(header: Sequence[str], pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -42,16 +44,19 @@ async def stream_csv(
 
 
 async def _pages(executor: Executor, walk: keyset.Walk, batch_rows: int) -> AsyncIterator[bytes]:
-    """Every page of `walk`, each one COPY; the key of a full page's last row (read first,
-    on the same snapshot) is where the next page starts."""
+    """Every page of `walk`, each one COPY; the key of a full page's last row (read after
+    it, on the same snapshot) is where the next page starts. A page the COPY did not fill is
+    the last one: no boundary query scans it a second time."""
     after: str | None = None
     position: dict[str, Any] = {}
     while True:
         params = {**walk.params, **position, "limit": batch_rows, "skip": batch_rows - 1}
-        last = await executor.row(walk.boundary(after), params)
         async with executor.copy_out(walk.page(after), params) as pieces:
             async for piece in pieces:
                 yield piece
+        if executor.copied is not None and executor.copied < batch_rows:
+            return
+        last = await executor.row(walk.boundary(after), params)
         if last is None:
             return
         after, position = keyset.resume_from_record(last, walk.key)
