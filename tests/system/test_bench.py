@@ -14,19 +14,24 @@ from bench.run import WHOLE_TABLE_SHARE
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_benchmark_writes_a_result_for_every_case_and_target(
-    tmp_path: Path, server_url: str
-) -> None:
-    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+def run_bench(server_url: str, *args: str) -> str:
+    """`python -m bench ARGS` on `server_url`; what it printed, once it has exited 0."""
     done = subprocess.run(  # noqa: S603  # our own interpreter and module
-        [sys.executable, "-m", "bench", "rpc", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "BENCH_DATABASE_URL": server_url},
         capture_output=True,
         text=True,
         timeout=100,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_quick_benchmark_writes_a_result_for_every_case_and_target(
+    tmp_path: Path, server_url: str
+) -> None:
+    printed = run_bench(server_url, "rpc", "--quick", "--out", str(tmp_path))
     result = json.loads((tmp_path / "results.json").read_text())
     cases = {"progress.list@10k", "progress.list@1M", "progress.upsert"}
     cases |= {"ay.list-name-filter", "ay.get-associations"}
@@ -47,7 +52,7 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
         "list p50 at 1M / p50 at 10k",
         "progress.upsert+request-id rps / progress.upsert rps",
     }
-    assert "rps/base" in done.stdout
+    assert "rps/base" in printed
     # Each paging and filter case's plans, as EXPLAIN ANALYZE gave them: List with its count
     # is two statements, a page without a count one.
     plans = result["plans"]
@@ -59,15 +64,6 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
 def test_quick_csv_benchmark_imports_and_exports_through_both_paths(
     tmp_path: Path, server_url: str
 ) -> None:
-    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
-    done = subprocess.run(  # our own interpreter and module
-        [sys.executable, "-m", "bench", "csv", "--rows", "2000", "--rounds", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    printed = run_bench(server_url, "csv", "--rows", "2000", "--rounds", "1")
     for line in ("import via gRPC", "psql \\copy in", "export via gRPC", "psql \\copy out"):
-        assert line in done.stdout, done.stdout
+        assert line in printed, printed
