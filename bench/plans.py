@@ -19,6 +19,7 @@ from bench import data
 from common.auth import Principal
 from common.db import Database, Executor, Record, UnitOfWork, compile_statement
 from common.db.executor import NO_PARAMS
+from common.db.uow import R, RepositoryFactory
 from common.tenancy import TenantScope
 from progress_service.service import UserProgressService
 
@@ -65,26 +66,27 @@ class _ExplainingExecutor(Executor):
         return await super().scalar(statement, params)
 
 
+class _ExplainingUnit(UnitOfWork[R]):
+    def _executor(self, conn: asyncpg.Connection) -> Executor:
+        db = self._db
+        assert isinstance(db, _ExplainingDatabase)
+        return _ExplainingExecutor(conn, db.plans)
+
+
 class _ExplainingDatabase(Database):
-    """A database whose units of work explain their reads into `plans` (reset per case)."""
+    """A database whose units of work explain their reads into `plans` (cleared per case)."""
 
     plans: list[str]
 
     def unit_of_work(
         self,
         scope: TenantScope | None,
-        repository: Any,
+        repository: RepositoryFactory[R],
         *,
         snapshot: bool = False,
         opening: str = "",
-    ) -> Any:
-        plans = self.plans
-
-        class Explaining(UnitOfWork[Any]):
-            def _executor(self, conn: asyncpg.Connection) -> Executor:
-                return _ExplainingExecutor(conn, plans)
-
-        unit = Explaining(self, scope, repository, snapshot=snapshot)
+    ) -> UnitOfWork[R]:
+        unit = _ExplainingUnit(self, scope, repository, snapshot=snapshot)
         unit.opening = opening
         return unit
 

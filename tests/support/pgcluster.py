@@ -14,10 +14,15 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from bench.scratch import free_port
 from common.db import embedded
+from common.migrations import upgrade
+from common.server import ServiceDefinition
 
 # PostgreSQL refuses to run as root; as root, the cluster runs as the system user the wheel
 # runs its own servers as. Through runuser, not subprocess's user=: that makes Python fork()
@@ -112,3 +117,20 @@ class PrivateCluster:
             with contextlib.suppress(RuntimeError):
                 self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def migrated_cluster(*definitions: ServiceDefinition) -> Iterator[PrivateCluster]:
+    """A started private cluster with each service's migrations applied, destroyed on exit;
+    the test is skipped where no private cluster can run."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    private = PrivateCluster()
+    try:
+        private.start()
+        for definition in definitions:
+            upgrade(private.url, definition.migrations_dir, definition.version_table)
+        yield private
+    finally:
+        private.destroy()

@@ -29,6 +29,7 @@ from progress_service.tables import metadata, user_progress
 from tests.conftest import Harness, start_harness
 from tests.support.callers import Caller, expect_error
 from tests.support.processes import start_service
+from tests.support.rowlock import RowLock
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,32 +61,6 @@ async def db(postgres_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-class RowLock:
-    """Holds `FOR UPDATE` on a progress row, so an upsert of it waits inside the server."""
-
-    def __init__(self, db: Database, item: str) -> None:
-        self._db, self._item = db, item
-        self._held, self._release = asyncio.Event(), asyncio.Event()
-        self._task = asyncio.create_task(self._hold())
-
-    async def _hold(self) -> None:
-        async with self._db.unit_of_work(None, lambda *_: None) as uow:
-            await uow.executor.rows(
-                select(user_progress.c.id)
-                .where(user_progress.c.item_id == self._item)
-                .with_for_update()
-            )
-            self._held.set()
-            await self._release.wait()
-
-    async def held(self) -> None:
-        await self._held.wait()
-
-    async def release(self) -> None:
-        self._release.set()
-        await self._task
-
-
 async def inside(harness: Harness, within: float = 5.0) -> None:
     """Until a call is in flight inside the server (a state we cannot be notified of)."""
     deadline = time.monotonic() + within
@@ -106,8 +81,7 @@ async def test_drain_serves_during_the_delay_then_refuses_and_finishes_in_flight
         await stub.UpsertUserProgress(upsert("locked", "before"), metadata=caller.md)
         watch = health.Watch(health_pb2.HealthCheckRequest())
         assert (await watch.read()).status == SERVING
-        lock = RowLock(db, "locked")
-        await lock.held()
+        lock = await RowLock(db, "locked").take()
         in_flight = asyncio.ensure_future(
             stub.UpsertUserProgress(upsert("locked", "after"), metadata=caller.md)
         )
@@ -163,8 +137,7 @@ async def test_a_call_still_running_when_the_grace_ends_is_cancelled_then(
     async with aio.insecure_channel(harness.target) as channel:
         stub = progress_pb2_grpc.UserProgressServiceStub(channel)
         await stub.UpsertUserProgress(upsert("stuck", "before"), metadata=caller.md)
-        lock = RowLock(db, "stuck")
-        await lock.held()
+        lock = await RowLock(db, "stuck").take()
         call = asyncio.ensure_future(
             stub.UpsertUserProgress(upsert("stuck", "after"), metadata=caller.md)
         )

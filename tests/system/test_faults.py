@@ -37,8 +37,9 @@ from progress_service.tables import user_progress
 from tests.conftest import ROOT
 from tests.conftest import test_settings as settings_for
 from tests.support.callers import Caller
-from tests.support.pgcluster import PrivateCluster, unavailable_reason
+from tests.support.pgcluster import PrivateCluster, migrated_cluster
 from tests.support.processes import service_env
+from tests.support.rowlock import RowLock
 
 pytestmark = pytest.mark.asyncio
 
@@ -87,39 +88,6 @@ async def lock_waiters(db: Database) -> int:
             )
         )
     return int(count or 0)
-
-
-class RowLock:
-    """Holds `FOR UPDATE` on one progress row from outside the service until released."""
-
-    def __init__(self, db: Database, item: str) -> None:
-        self._db, self._item = db, item
-        self._release = asyncio.Event()
-        self._held = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _hold(self) -> None:
-        async with unit(self._db) as uow:  # rolled back on release: the lock is all it takes
-            await uow.executor.rows(
-                select(user_progress.c.id)
-                .where(user_progress.c.item_id == self._item)
-                .with_for_update()
-            )
-            self._held.set()
-            await self._release.wait()
-
-    async def __aenter__(self) -> RowLock:
-        self._task = asyncio.create_task(self._hold())
-        await self._held.wait()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-        assert self._task is not None
-        await self._task
-
-    def release(self) -> None:
-        self._release.set()
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -262,8 +230,8 @@ async def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(
             watch.cancel()
             await _new_rpcs_refused(client, callers[2], items[2])
             assert not any(f.done() for f in in_flight)  # still draining, not cut off
-            lock0.release()
-            lock1.release()
+            await lock0.release()
+            await lock1.release()
             answers = await asyncio.gather(*in_flight)
         assert all(a.value == "after" for a in answers)
         exit_code = await asyncio.to_thread(proc.wait, 30)
@@ -332,16 +300,8 @@ async def test_unreachable_database_at_start_up_is_retried_with_a_clear_message(
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PrivateCluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    private = PrivateCluster()
-    try:
-        private.start()
-        asyncio.run(migrated(private.url))
+    with migrated_cluster(DEFINITION) as private:
         yield private
-    finally:
-        private.destroy()
 
 
 class Load:

@@ -39,13 +39,12 @@ from academic_years_service.tables import request_ids as ay_request_ids
 from bench.scratch import free_port
 from common import client
 from common.db import Database
-from common.migrations import upgrade
 from progress_service.app import DEFINITION as PROGRESS
 from progress_service.tables import request_ids as progress_request_ids
 from progress_service.tables import user_progress
 from tests.support.academic_years import staff
 from tests.support.callers import Caller
-from tests.support.pgcluster import PrivateCluster, unavailable_reason
+from tests.support.pgcluster import PrivateCluster, migrated_cluster
 from tests.support.processes import ServiceProcess, spawn_service
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.faults]
@@ -58,17 +57,8 @@ MODULES = {"progress": "progress_service", "academic_years": "academic_years_ser
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PrivateCluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    private = PrivateCluster()
-    try:
-        private.start()
-        for definition in (PROGRESS, ACADEMIC_YEARS):
-            upgrade(private.url, definition.migrations_dir, definition.version_table)
+    with migrated_cluster(PROGRESS, ACADEMIC_YEARS) as private:
         yield private
-    finally:
-        private.destroy()
 
 
 @dataclass
