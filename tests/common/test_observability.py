@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-import json
-import logging
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -20,8 +18,8 @@ from progress.v1 import progress_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.accesslog import REPORT_DELAY
-from common.logs import JsonFormatter
 from tests.conftest import Harness, start_harness, stop_harness
+from tests.support.accesslog import captured_access_log, lines
 from tests.support.callers import Caller, expect_error
 
 pytestmark = pytest.mark.asyncio
@@ -132,21 +130,9 @@ async def test_the_one_pool_is_reported(metered: Harness) -> None:
 
 
 @pytest.fixture
-def access_log() -> AsyncIterator[io.StringIO]:
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("rpc")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    yield buffer  # type: ignore[misc]
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
-
-
-def lines(buffer: io.StringIO) -> list[dict[str, object]]:
-    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+def access_log() -> Iterator[io.StringIO]:
+    with captured_access_log() as buffer:
+        yield buffer
 
 
 async def logged(buffer: io.StringIO, count: int) -> list[dict[str, object]]:

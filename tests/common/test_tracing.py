@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,11 +29,11 @@ from common import client
 from common.accesslog import REPORT_DELAY
 from common.config import ConfigError
 from common.db import Database
-from common.logs import JsonFormatter
 from common.server import start_server
 from common.tracing import Tracing, check, from_env
 from tests.conftest import Harness, stop_harness
 from tests.conftest import test_settings as settings_for
+from tests.support.accesslog import captured_access_log, lines
 from tests.support.callers import Caller, expect_error, new_uuid
 from tests.support.csv import bodies, collect, csv_bytes
 from tests.support.otlp import grpc_receiver, http_receiver
@@ -106,16 +104,8 @@ async def traced(traced_server: Traced) -> Traced:
 
 @pytest.fixture
 def access_lines() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("rpc")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    yield buffer
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured_access_log() as buffer:
+        yield buffer
 
 
 async def fresh(buffer: io.StringIO) -> None:
@@ -123,10 +113,6 @@ async def fresh(buffer: io.StringIO) -> None:
     await reported()
     buffer.seek(0)
     buffer.truncate()
-
-
-def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
 
 
 async def reported() -> None:
