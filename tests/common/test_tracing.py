@@ -61,6 +61,16 @@ class Traced:
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 
+    async def spans_after(self, calls: int) -> list[ReadableSpan]:
+        """Every span, once `calls` server spans have ended (waiting up to 2 s). A refused
+        call's span ends just after its status is on the wire (`context.abort` sends it before
+        raising), so reading right after the caller's answer could miss that span."""
+        for _ in range(100):
+            if sum(s.kind == SpanKind.SERVER for s in self.spans()) >= calls:
+                break
+            await asyncio.sleep(0.02)
+        return self.spans()
+
     def server_span(self, method: str) -> ReadableSpan:
         found = [s for s in self.spans() if s.name == f"{SERVICE}/{method}"]
         assert len(found) == 1, [s.name for s in self.spans()]
@@ -223,7 +233,7 @@ async def test_statuses_of_failed_calls(traced: Traced, postgres_url: str) -> No
     )
     codes = sorted(
         (s.attributes or {})["rpc.grpc.status_code"]
-        for s in traced.spans()
+        for s in await traced.spans_after(2)
         if s.kind == SpanKind.SERVER
     )
     assert codes == [3, 16]
@@ -328,7 +338,7 @@ async def test_nothing_secret_in_any_span(traced: Traced) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    spans = traced.spans()
+    spans = await traced.spans_after(5)
     assert len([s for s in spans if s.kind == SpanKind.SERVER]) == 5
     text_of_spans = everything(spans)
     assert caller.sub in text_of_spans and str(caller.org) in text_of_spans  # allowed
