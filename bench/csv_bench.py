@@ -3,6 +3,10 @@
 Creates a fresh PostgreSQL database, migrates it, serves academic_years_service from a
 subprocess, streams a generated file in and out over gRPC, then times `psql \\copy` in and out
 of the same file on the same database, and prints rows/s, ratios and the server's peak RSS.
+
+`--variant name@dir` adds another build of the service (a checkout in `dir`), measured the same
+way on a database of its own migrated by that build; with `--passes N` the builds take turns N
+times, so their ratios come from one run and the same minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import make_url
 
 from bench.scratch import free_port, scratch_database
+from common.db import sqlalchemy_url
 from common.token import mint
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Build:
+    """A build of academic_years_service: this checkout (`service`) or another one's tree."""
+
+    name: str
+    source: Path
+
+    def env(self, db_url: str, **extra: str) -> dict[str, str]:
+        """Its environment: its own modules first, the generated stubs, and the database in the
+        postgresql+asyncpg:// form every build reads."""
+        path = os.pathsep.join([str(self.source), str(ROOT / "gen")])
+        return dict(os.environ, PYTHONPATH=path, DATABASE_URL=sqlalchemy_url(db_url), **extra)
 
 
 def generate(path: Path, rows: int) -> None:
@@ -125,17 +145,27 @@ async def export(stub: Any, metadata: Any, path: Path) -> tuple[float, int]:
 
 
 async def measure(
-    db_url: str, plain_url: str, csv_path: Path, rows: int, psql_first: bool, rounds: int
-) -> dict[str, float]:
+    build: Build,
+    db_url: str,
+    csv_path: Path,
+    rows: int,
+    psql_first: bool,
+    rounds: int,
+    export_rounds: int,
+) -> dict[str, Any]:
     """Service and psql take turns on the same database: import and \\copy in (the second one
-    pays for the first one's checkpoint), then export and \\copy out twice each (the better of
-    two counts, as caches settle)."""
+    pays for the first one's checkpoint), then, on the imported rows vacuumed (so neither
+    export pays for setting freshly loaded rows' hint bits, or runs beside autovacuum), export
+    and \\copy out `export_rounds` times each, taking turns (the best of each counts)."""
     secret, port, org = secrets.token_hex(32), free_port(), str(uuid.uuid4())
-    env = dict(os.environ, DATABASE_URL=db_url, GRPC_ADDR=f"127.0.0.1:{port}", JWT_SECRET=secret,
-               LOG_FORMAT="json")  # fmt: skip
-    log = (OUT / f"server_{rows}.log").open("wb")
+    plain_url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    env = build.env(db_url, GRPC_ADDR=f"127.0.0.1:{port}", JWT_SECRET=secret, LOG_FORMAT="json")
+    log = (OUT / f"server_{build.name}_{rows}.log").open("wb")
     process = subprocess.Popen(  # noqa: ASYNC220  # started once, before any timing
-        [sys.executable, "-m", "academic_years_service", "serve"], env=env, stderr=log, cwd=ROOT
+        [sys.executable, "-m", "academic_years_service", "serve"],
+        env=env,
+        stderr=log,
+        cwd=build.source,
     )
     try:
         token = mint(secret, sub=str(uuid.uuid4()), org=org, permissions=[
@@ -164,21 +194,29 @@ async def measure(
                     copy_in_s = min(
                         copy_in_s, await asyncio.to_thread(psql_copy_in, plain_url, csv_path)
                     )
+            psql(plain_url, "VACUUM (ANALYZE) academic_years")
             export_s, copy_out_s = float("inf"), float("inf")
-            for _ in range(2):
-                seconds, exported = await export(stub, metadata, OUT / f"export_{rows}.csv")
+            for turn in range(export_rounds):
+                out = OUT / f"psql_export_{rows}.csv"
+                if turn % 2:
+                    copy_out_s = min(
+                        copy_out_s, await asyncio.to_thread(psql_copy_out, plain_url, out, org)
+                    )
+                exported_to = OUT / f"export_{build.name}_{rows}.csv"
+                seconds, exported = await export(stub, metadata, exported_to)
                 assert exported == rows, exported
                 export_s = min(export_s, seconds)
-                out = OUT / f"psql_export_{rows}.csv"
-                copy_out_s = min(
-                    copy_out_s, await asyncio.to_thread(psql_copy_out, plain_url, out, org)
-                )
+                if not turn % 2:
+                    copy_out_s = min(
+                        copy_out_s, await asyncio.to_thread(psql_copy_out, plain_url, out, org)
+                    )
         peak = peak_rss_mb(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
     return {
+        "build": build.name,
         "rows": rows,
         "import_rows_s": rows / import_s,
         "psql_in_rows_s": rows / copy_in_s,
@@ -192,22 +230,23 @@ async def measure(
     }
 
 
-def run(admin_url: str, rows: int, psql_first: bool, rounds: int) -> dict[str, float]:
+def run(admin_url: str, build: Build, rows: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One build on a fresh database that build migrated."""
     OUT.mkdir(parents=True, exist_ok=True)
     csv_path = OUT / f"academic_years_{rows}.csv"
     generate(csv_path, rows)
     with scratch_database(admin_url, prefix="bench_csv") as db_url:
-        plain = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
         subprocess.run([sys.executable, "-m", "academic_years_service", "migrate"], check=True,
-                       env=dict(os.environ, DATABASE_URL=db_url), cwd=ROOT,
+                       env=build.env(db_url), cwd=build.source,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        return asyncio.run(measure(db_url, plain, csv_path, rows, psql_first, rounds))
+        rounds = (args.psql_first, args.rounds, args.export_rounds)
+        return asyncio.run(measure(build, db_url, csv_path, rows, *rounds))
 
 
-def report(r: dict[str, float]) -> None:
+def report(r: dict[str, Any]) -> None:
     rows = int(r["rows"])
     order = "psql \\copy in first" if r["psql_first"] else "service import first"
-    print(f"\n{rows:,} rows, file {OUT / f'academic_years_{rows}.csv'} ({order})")
+    print(f"\n{r['build']}: {rows:,} rows, file {OUT / f'academic_years_{rows}.csv'} ({order})")
     print(f"  import via gRPC  {r['import_rows_s']:>12,.0f} rows/s")
     print(
         f"  psql \\copy in    {r['psql_in_rows_s']:>12,.0f} rows/s   ratio {r['import_ratio']:.2f}"
@@ -232,13 +271,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run psql \\copy in before the service's import")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2,
                         help="import rounds, taking turns to go first")  # fmt: skip
+    parser.add_argument("--export-rounds", type=int, default=4,
+                        help="export rounds, service and psql taking turns")  # fmt: skip
+    parser.add_argument("--variant", action="append", default=[], type=_build,
+                        help="another build to measure in this run: name@checkout_dir")  # fmt: skip
+    parser.add_argument("--passes", type=int, default=1,
+                        help="times every build is measured, the builds taking turns")  # fmt: skip
+
+
+def _build(text: str) -> Build:
+    name, at, source = text.partition("@")
+    if not (name and at and source) or name == "service":
+        raise argparse.ArgumentTypeError("expected name@checkout_dir, name not 'service'")
+    return Build(name, Path(source).resolve())
+
+
+def compare(runs: list[dict[str, Any]]) -> None:
+    """Each build's ratios in every pass, in the order they ran, then the best of each."""
+    print("\nbuild        pass  import ratio  export ratio  import rows/s  export rows/s  peak MB")
+    for name in dict.fromkeys(r["build"] for r in runs):
+        mine = [r for r in runs if r["build"] == name]
+        for i, r in enumerate(mine, 1):
+            print(f"{name:<12} {i:>4}  {r['import_ratio']:>12.2f}  {r['export_ratio']:>12.2f}  "
+                  f"{r['import_rows_s']:>13,.0f}  {r['export_rows_s']:>13,.0f}  "
+                  f"{r['peak_rss_mb']:>7.1f}")  # fmt: skip
+        best = max(r["import_ratio"] for r in mine), max(r["export_ratio"] for r in mine)
+        print(f"{name:<12} best  {best[0]:>12.2f}  {best[1]:>12.2f}")
 
 
 def main(args: argparse.Namespace) -> int:
-    results = [run(args.admin_url, args.rows, args.psql_first, args.rounds)]
-    report(results[0])
+    builds = [Build("service", ROOT), *args.variant]
+    runs: list[dict[str, Any]] = []
+    for turn in range(args.passes):
+        # Take turns: whoever ran last in one pass runs first in the next.
+        for build in builds if turn % 2 == 0 else builds[::-1]:
+            runs.append(run(args.admin_url, build, args.rows, args))
+            report(runs[-1])
+    if len(runs) > 1:
+        compare(runs)
     if args.flat_memory:
-        results.append(run(args.admin_url, args.rows * 2, args.psql_first, args.rounds))
+        results = [next(r for r in runs if r["build"] == "service")]
+        results.append(run(args.admin_url, builds[0], args.rows * 2, args))
         report(results[1])
         a, b = results[0]["peak_rss_mb"], results[1]["peak_rss_mb"]
         print(f"\npeak RSS {a:.1f} MB for {args.rows:,} rows, {b:.1f} MB for {args.rows * 2:,}")
