@@ -179,6 +179,7 @@ class AcademicYearsCsvRepository(AcademicYearsRepository):
             params,
             partial(_export_page, scope, columns),
             partial(export_boundary_statement, *scope),
+            across_organizations=self.global_access,
         )
 
 

@@ -57,12 +57,14 @@ class SortKey:
 class Walk:
     """A query to read a page at a time in `key`'s order (an export): `page` selects a page's
     cells, `boundary` the key of its last row when the page is full, both binding `params`,
-    `limit`, `skip` (limit − 1) and the position."""
+    `limit`, `skip` (limit − 1) and the position. `across_organizations`: its rows may be in
+    more than one organization (a global-access caller's), so more than one shard on Citus."""
 
     key: SortKey
     params: Mapping[str, Any]
     page: Builder
     boundary: Builder
+    across_organizations: bool = True
 
 
 def order_by(

@@ -175,6 +175,7 @@ class ProgressCsvRepository(TenantRepository):
             self.binds(b_type=progress_type),
             partial(_export_statement, self.global_access, with_type),
             partial(_export_boundary, self.global_access, with_type),
+            across_organizations=self.global_access,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from common.csvstream import export as csv_export
 from tests.conftest import Harness
 from tests.support.academic_years import READ, listing, seed_years, staff, stub, utc
 from tests.support.callers import Caller, expect_error, new_uuid
-from tests.support.csv import collect, parse_csv
+from tests.support.csv import collect, copy_limits, parse_csv
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,16 +42,27 @@ def _rows(org: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def seeded(h: Harness) -> tuple[Caller, list[dict[str, Any]]]:
-    caller = staff()
-    rows = _rows(caller.org)
-    ids = await seed_years(h, *rows)
-    for row, year_id in zip(rows, ids, strict=True):
+async def _with_ids(h: Harness, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row, year_id in zip(rows, await seed_years(h, *rows), strict=True):
         row["id"] = year_id
-    await seed_years(h, *_rows(new_uuid()))  # another organization's years
+    return rows
+
+
+async def seeded_with_others(
+    h: Harness,
+) -> tuple[Caller, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A caller, its organization's live years and another organization's."""
+    caller = staff()
+    rows = await _with_ids(h, _rows(caller.org))
+    others = await _with_ids(h, _rows(new_uuid()))
     await seed_years(
         h, {"organizationId": caller.org, "name": "gone", "deletedAt": utc("2025-01-02T00:00:00")}
     )
+    return caller, rows, others
+
+
+async def seeded(h: Harness) -> tuple[Caller, list[dict[str, Any]]]:
+    caller, rows, _ = await seeded_with_others(h)
     return caller, rows
 
 
@@ -161,17 +173,25 @@ async def test_a_token_is_refused_for_another_filter_order_or_caller_or_when_alt
     assert [f for f, _ in error.violations] == ["pageToken"]
 
 
-async def test_export_reads_keyset_batches_in_lists_order(
-    academic_years: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("everyone", [False, True], ids=["one-organization", "global-access"])
+async def test_export_reads_in_lists_order_in_one_copy_or_keyset_batches(
+    academic_years: Harness, monkeypatch: pytest.MonkeyPatch, everyone: bool
 ) -> None:
-    caller, rows = await seeded(academic_years)
+    """One organization's export is one COPY; a global-access caller's reads keyset batches
+    (of 3 here, so every order crosses batch boundaries inside ties and NULLs)."""
+    caller, rows, others = await seeded_with_others(academic_years)
+    if everyone:
+        caller, rows = replace(caller, global_access=True), rows + others
     monkeypatch.setattr(csv_export, "EXPORT_BATCH_ROWS", 3)
+    copies = copy_limits(monkeypatch)
     for field, sort in (("createdAt", "desc"), ("name", "desc"), ("end_date", "asc")):
+        copies.clear()
         call = stub(academic_years).ExportAcademicYearsCsv(
             pb.ListAcademicYearsRequest(field=field, sort=sort), metadata=caller.md
         )
         exported = [line[0] for line in parse_csv(await collect(call))[1:]]
         assert exported == expected(rows, field, sort == "desc"), field
+        assert copies == ([3] * (len(rows) // 3 + 1) if everyone else [None]), field
 
 
 async def test_names_longer_than_their_cap_page_by_the_whole_name(academic_years: Harness) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from progress_service.tables import user_progress
 from tests.conftest import Harness
 from tests.progress.test_service import SIGN, ZONE, listing, stub
 from tests.support.callers import Caller, expect_error, new_uuid
-from tests.support.csv import collect, parse_csv
+from tests.support.csv import collect, copy_limits, parse_csv
 
 pytestmark = pytest.mark.asyncio
 
@@ -107,14 +108,23 @@ async def test_a_token_is_good_only_for_its_caller_type_and_item(progress: Harne
     assert [f for f, _ in error.violations] == ["pageToken"]
 
 
-async def test_export_reads_keyset_batches_oldest_first(
-    progress: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("everyone", [False, True], ids=["one-organization", "global-access"])
+async def test_export_reads_oldest_first_in_one_copy_or_keyset_batches(
+    progress: Harness, monkeypatch: pytest.MonkeyPatch, everyone: bool
 ) -> None:
-    caller = Caller()
+    """A caller's export in its organization is one COPY; a global-access caller's (its rows
+    in every organization) reads keyset batches, of 4 here, across createdAt ties."""
+    caller = Caller(global_access=everyone)
     rows = await seed(progress, caller, 10) + await seed(progress, caller, 5, ZONE)
+    if everyone:  # the same user's rows in another organization
+        rows += await seed(progress, replace(caller, org=new_uuid()), 6)
     monkeypatch.setattr(csv_export, "EXPORT_BATCH_ROWS", 4)
-    for ptype, wanted in ((None, rows), (ZONE, rows[10:])):
+    copies = copy_limits(monkeypatch)
+    for ptype in (None, ZONE):
+        wanted = [r for r in rows if ptype in (None, r["progress_type"])]
+        copies.clear()
         request = pb.ExportUserProgressCsvRequest(progress_type=ptype)
         call = stub(progress).ExportUserProgressCsv(request, metadata=caller.md)
         exported = [line[1] for line in parse_csv(await collect(call))[1:]]
         assert exported == newest_first(wanted)[::-1]
+        assert copies == ([4] * (len(wanted) // 4 + 1) if everyone else [None]), ptype

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
+import pytest
 from google.api import httpbody_pb2
 from sqlalchemy import MetaData
 
+from common.db.executor import NO_PARAMS, Executor
 from common.server import ServiceDefinition, start_server
 from tests.conftest import Harness, test_settings
 
@@ -19,6 +21,20 @@ from tests.conftest import Harness, test_settings
 async def bodies(data: bytes, chunk: int = 64 * 1024) -> AsyncIterator[httpbody_pb2.HttpBody]:
     for start in range(0, len(data), chunk):
         yield httpbody_pb2.HttpBody(content_type="text/csv", data=data[start : start + chunk])
+
+
+def copy_limits(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """The `limit` each `COPY ... TO STDOUT` the servers run from now on binds (None: every
+    row), in order: how an export split its rows."""
+    limits: list[int | None] = []
+    original = Executor.copy_out
+
+    def counted(self: Executor, statement: Any, params: Any = NO_PARAMS) -> Any:
+        limits.append(params.get("limit"))
+        return original(self, statement, params)
+
+    monkeypatch.setattr(Executor, "copy_out", counted)
+    return limits
 
 
 async def collect(call: Any) -> bytes:
