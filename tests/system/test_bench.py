@@ -64,6 +64,12 @@ def test_quick_benchmark_writes_a_result_for_every_case_and_target(
 def test_quick_csv_benchmark_imports_and_exports_through_both_paths(
     tmp_path: Path, server_url: str
 ) -> None:
-    printed = run_bench(server_url, "csv", "--rows", "2000", "--rounds", "1")
+    """Beside another build (this checkout under another name, as `--variant before@dir`
+    names one), each measured and compared in one run."""
+    args = ("--rows", "2000", "--rounds", "1", "--export-rounds", "2", "--variant", f"other@{ROOT}")
+    printed = run_bench(server_url, "csv", *args)
     for line in ("import via gRPC", "psql \\copy in", "export via gRPC", "psql \\copy out"):
-        assert line in printed, printed
+        assert printed.count(line) == 2, printed
+    assert "service: 2,000 rows" in printed and "other: 2,000 rows" in printed
+    best = [line.split()[0] for line in printed.splitlines() if line.split()[1:2] == ["best"]]
+    assert best == ["service", "other"], printed
