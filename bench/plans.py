@@ -19,8 +19,7 @@ from bench import data
 from common.auth import Principal
 from common.db import Database, Executor, Record, UnitOfWork, compile_statement
 from common.db.executor import NO_PARAMS
-from common.db.uow import R, RepositoryFactory
-from common.tenancy import TenantScope
+from common.db.uow import R
 from progress_service.service import UserProgressService
 
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
@@ -77,18 +76,7 @@ class _ExplainingDatabase(Database):
     """A database whose units of work explain their reads into `plans` (cleared per case)."""
 
     plans: list[str]
-
-    def unit_of_work(
-        self,
-        scope: TenantScope | None,
-        repository: RepositoryFactory[R],
-        *,
-        snapshot: bool = False,
-        opening: str = "",
-    ) -> UnitOfWork[R]:
-        unit = _ExplainingUnit(self, scope, repository, snapshot=snapshot)
-        unit.opening = opening
-        return unit
+    unit_class = _ExplainingUnit
 
 
 def _principal(

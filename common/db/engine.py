@@ -68,6 +68,9 @@ class Database:
     that cannot begin because the database is unreachable waits up to `wait_seconds` for it
     (less when its call's deadline is nearer; see common.db.outage)."""
 
+    # What an untraced `unit_of_work` hands out; a subclass may name its own (bench.plans).
+    unit_class: type[UnitOfWork[Any]] = UnitOfWork
+
     def __init__(
         self,
         url: str,
@@ -115,7 +118,7 @@ class Database:
         if self.spans is not None:
             unit = traced_unit_of_work(self, scope, repository, self.spans, snapshot=snapshot)
         else:
-            unit = UnitOfWork(self, scope, repository, snapshot=snapshot)
+            unit = self.unit_class(self, scope, repository, snapshot=snapshot)
         unit.opening = opening
         return unit
 
